@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks printing JSON."""

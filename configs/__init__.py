@@ -1,0 +1,1 @@
+"""Model presets and training recipes (YAML), shipped as package data."""

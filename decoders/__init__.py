@@ -1,0 +1,1 @@
+"""Semantic-token diffusion image decoder."""

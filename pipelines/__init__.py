@@ -1,0 +1,1 @@
+"""Diffusers-style pipelines composing tokenizer, backbone and decoder."""

@@ -1,0 +1,1 @@
+"""Webdataset shards for every stage: format, writer, loader, packing."""

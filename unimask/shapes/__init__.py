@@ -1,0 +1,1 @@
+"""Shapes World: the embedded default domain (scenes, renderer, language, checker)."""

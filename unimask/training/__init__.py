@@ -1,0 +1,1 @@
+"""One trainer for every stage: torchrun + FSDP2, checkpoints, exact resume."""

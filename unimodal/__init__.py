@@ -1,0 +1,1 @@
+"""The MoE masked-diffusion backbone and its sampler."""
