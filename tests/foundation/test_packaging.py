@@ -1,6 +1,7 @@
 """The repository installs as one package, `unimask`, without shadowing Hugging Face `tokenizers`."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -61,10 +62,16 @@ def test_every_source_folder_is_a_listed_package():
 @pytest.mark.slow
 def test_plain_install_does_not_shadow_hf_tokenizers(tmp_path):
     """`pip install .` (a real wheel) keeps `tokenizers` resolving to Hugging Face's package."""
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "runs", "*.safetensors"),
+    )
     target = tmp_path / "site"
     build = _run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         cwd=tmp_path,
     )
     assert build.returncode == 0, build.stdout + build.stderr
