@@ -1,0 +1,116 @@
+"""Sampler cost: threshold decoding vs one token per step, and the SPRINT prefix cache vs none.
+
+All variants decode the same prompts with the same tiny random backbone (official layout, written by
+`write_tiny_official_backbone`) in one process. Its `lm_head` is scaled up so that the output
+distributions are peaked enough for threshold acceptance to fire at all; the quality of the tokens is
+meaningless here (quality is compared later with the trained default model). Reported per variant:
+NFE, model calls, denoising steps, tokens per step, wall time (min / median over repeats), and for the
+cache variants whether the tokens equal the uncached run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unimask.unimodal.sampler import MaskedDiffusionSampler
+from unimask.unimodal.sampler_config import SamplerConfig
+from unimask.unimodal.sampler_inputs import text_continuation_inputs
+
+MASK_ID, EOS_ID, PAD_ID = 255, 1, 0
+LOGIT_SCALE = 60.0
+
+
+def tiny_backbone(directory: Path) -> torch.nn.Module:
+    """The tiny official-layout backbone with random weights and a sharpened lm_head."""
+    from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
+    from unimask.unimodal.tiny_checkpoint import write_tiny_official_backbone
+
+    model = LLaDA2MoeModelLM.from_pretrained(write_tiny_official_backbone(directory, seed=0)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LOGIT_SCALE)
+    return model
+
+
+def _time_variant(sampler, inputs, config, repeats):
+    times, output = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        output = sampler(**inputs.as_kwargs(), config=config, generator=torch.Generator().manual_seed(0))
+        times.append(time.perf_counter() - started)
+    stats = output.stats
+    return output.sequences, {
+        "nfe": stats.nfe,
+        "model_calls": stats.model_calls,
+        "denoising_steps": stats.denoising_steps,
+        "tokens_per_step": round(stats.tokens_per_step, 3),
+        "cache_reuses": stats.cache_reuses,
+        "prefix_entries_dropped": stats.prefix_entries_dropped,
+        "wall_s_min": round(min(times), 4),
+        "wall_s_median": round(statistics.median(times), 4),
+    }
+
+
+def run_with_model(model, quick: bool = False) -> dict:
+    """Run every variant with `model` (backbone contract); returns the results dict."""
+    block_length, prompt_len, gen_length = 32, (64 if quick else 192), (64 if quick else 128)
+    repeats = 2 if quick else 5
+    prompts = [
+        torch.randint(2, 240, (prompt_len - 7 * i,), generator=torch.Generator().manual_seed(i)) for i in range(4)
+    ]
+    inputs = text_continuation_inputs(prompts, gen_length=gen_length, block_length=block_length,
+                                      mask_id=MASK_ID, pad_id=PAD_ID)
+    # Text vocabulary without the mask; EOS stays allowed but no early stop, so every variant
+    # decodes the full length and NFE compares like for like.
+    text_vocab = torch.zeros(512, dtype=torch.bool)
+    text_vocab[2:240] = True
+    sampler = MaskedDiffusionSampler(model, mask_id=MASK_ID, eos_id=EOS_ID, kind_vocab_masks={1: text_vocab})
+    base = SamplerConfig(block_length=block_length, num_inference_steps=block_length, eos_early_stop=False)
+    variants = {
+        "one_token_per_step": base.replace(threshold=1.0),
+        "threshold_0.95": base.replace(threshold=0.95),
+        "sprint_adaptive_0.93_no_cache": base.replace(schedule="adaptive", threshold=0.93, num_inference_steps=8),
+        "no_cache_8_steps": base.replace(num_inference_steps=8, threshold=1.0),
+        "cache_8_steps": base.replace(num_inference_steps=8, threshold=1.0, use_sprint=True, keep_ratio=1.0),
+        "cache_pruned_0.5_8_steps": base.replace(num_inference_steps=8, threshold=1.0, use_sprint=True, keep_ratio=0.5),
+        "sprint_full": SamplerConfig.sprint(block_length=block_length, num_inference_steps=8, eos_early_stop=False),
+    }
+    results, sequences = {}, {}
+    for name, config in variants.items():
+        sequences[name], results[name] = _time_variant(sampler, inputs, config, repeats)
+    for name in ("cache_8_steps", "cache_pruned_0.5_8_steps"):
+        results[name]["tokens_equal_no_cache"] = bool(torch.equal(sequences[name], sequences["no_cache_8_steps"]))
+
+    def ratio(a, b, key):
+        return round(results[a][key] / max(results[b][key], 1e-9), 3)
+
+    return {
+        "setup": {"batch": len(prompts), "prompt_len_max": prompt_len, "gen_length": gen_length,
+                  "block_length": block_length, "repeats": repeats, "logit_scale": LOGIT_SCALE},
+        "variants": results,
+        "ratios": {
+            "nfe_threshold_over_one_token": ratio("threshold_0.95", "one_token_per_step", "nfe"),
+            "wall_threshold_over_one_token": ratio("threshold_0.95", "one_token_per_step", "wall_s_min"),
+            "wall_cache_over_no_cache": ratio("cache_8_steps", "no_cache_8_steps", "wall_s_min"),
+            "wall_pruned_over_no_cache": ratio("cache_pruned_0.5_8_steps", "no_cache_8_steps", "wall_s_min"),
+        },
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """Benchmark the sampler variants on the tiny random backbone; prints and returns the JSON dict."""
+    with tempfile.TemporaryDirectory() as directory:
+        model = tiny_backbone(Path(directory) / "backbone")
+    with torch.no_grad():
+        result = run_with_model(model, quick=quick)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    run()
