@@ -1,0 +1,72 @@
+"""Decoder benchmark: 8-step turbo vs 50-point guided ("normal") decode, side by side.
+
+Both paths use the same small random-weight config (preset "shapes"; "tiny" when quick) at that
+preset's default size (8 x 8 token grid at 1x: 128 px) on the same token grids, in one process.
+Run: `python -m unimask.benchmarks.decoder [--quick]`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
+
+
+def _time_decode(decoder, token_grids, multiplier: int, repeats: int) -> list[float]:
+    decoder(token_grids, resolution_multiplier=multiplier, output_type="pt")  # warm-up
+    times = []
+    for repeat in range(repeats):
+        generator = torch.Generator().manual_seed(repeat)
+        start = time.perf_counter()
+        decoder(token_grids, resolution_multiplier=multiplier, output_type="pt", generator=generator)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(quick: bool = False) -> dict:
+    """Time one turbo and one normal decode (default steps and guidance of each variant).
+
+    Returns {"config", "grid", "resolution_multiplier", "image_size", "threads", "device",
+    "turbo": {...}, "normal": {...}, "normal_over_turbo"}; each path reports steps, guidance,
+    transformer evaluations, seconds min/median over the repeats."""
+    preset_name = "tiny" if quick else "shapes"
+    preset = load_decoder_preset(preset_name)
+    repeats = 2 if quick else 3
+    height, width = preset["default_grid"]
+    multiplier = preset["resolution_multiplier"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vocab_size = preset["sigvq"]["vocab_size"]
+    token_grids = torch.randint(0, vocab_size, (1, height, width), generator=torch.Generator().manual_seed(0))
+    results = {
+        "config": preset_name,
+        "grid": [height, width],
+        "resolution_multiplier": multiplier,
+        "image_size": [height * 16 * multiplier, width * 16 * multiplier],
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
+    with torch.inference_mode():
+        for variant in ("turbo", "normal"):
+            decoder = build_decoder(preset, variant=variant, seed=0).to(device)
+            steps, guidance = decoder.defaults
+            times = _time_decode(decoder, token_grids, multiplier, repeats)
+            evaluations = (steps if variant == "turbo" else steps - 1) * (2 if guidance > 0 else 1)
+            results[variant] = {
+                "steps": steps,
+                "guidance_scale": guidance,
+                "transformer_evaluations": evaluations,
+                "seconds_min": min(times),
+                "seconds_median": statistics.median(times),
+            }
+    results["normal_over_turbo"] = results["normal"]["seconds_median"] / results["turbo"]["seconds_median"]
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

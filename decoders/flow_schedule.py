@@ -1,0 +1,103 @@
+"""The reference decoder's sampling schedules, expressed with diffusers' flow-matching scheduler.
+
+The official sampler (LLaDA2.0-Uni `decoder/transport`) works in data time t (t = 0 noise,
+t = 1 data) on the linear path x_t = t * x_data + (1 - t) * noise, with a velocity model
+v = x_data - noise (the Z-Image transformer's output):
+
+- normal: Euler ODE on the grid t_i = linspace(0, 1, num_steps) time-shifted by
+  t -> t / (t + shift * (1 - t)), shift 6. The grid has `num_steps` points, so the ODE takes
+  `num_steps - 1` Euler steps (49 transformer evaluations for the default 50).
+- turbo: `num_steps` points t_i = linspace(0, 1, num_steps + 1)[:-1], NOT time-shifted; at each
+  point the clean sample x_hat = x_t + (1 - t) v is predicted and re-noised to the next point
+  with fresh noise (stochast ratio 1): x_next = t_next * x_hat + (1 - t_next) * noise.
+
+In noise level sigma = 1 - t the shift is diffusers' `shift * s / (1 + (shift - 1) * s)`, the
+Euler update is `x + (sigma_next - sigma) * (-v)` and the re-noising is diffusers'
+`stochastic_sampling`; so `FlowMatchEulerDiscreteScheduler` reproduces both samplers when it is
+given the unshifted sigma grid below and fed the negated velocity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+REFERENCE_TIME_SHIFT = 6.0
+NORMAL_STEPS = 50
+TURBO_STEPS = 8
+
+
+def shift_data_time(t: np.ndarray, shift: float = REFERENCE_TIME_SHIFT) -> np.ndarray:
+    """The reference's time shift in data time: t -> t / (t + shift - shift * t).
+
+    t: (n,) float in [0, 1] -> (n,) float in [0, 1].
+    """
+    t = np.asarray(t, dtype=np.float64)
+    return t / (t + shift - shift * t)
+
+
+def make_decoder_scheduler(variant: str) -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler of a decoder variant: "normal" (Euler ODE, shift 6) or "turbo"
+    (re-noising every step, no shift)."""
+    if variant == "normal":
+        return FlowMatchEulerDiscreteScheduler(shift=REFERENCE_TIME_SHIFT)
+    if variant == "turbo":
+        return FlowMatchEulerDiscreteScheduler(shift=1.0, stochastic_sampling=True)
+    raise ValueError(f"variant must be 'normal' or 'turbo', got {variant!r}")
+
+
+def reference_sigmas(num_inference_steps: int, stochastic: bool) -> list[float]:
+    """Unshifted noise levels to pass as `set_timesteps(sigmas=...)` (the scheduler appends the
+    terminal 0 and applies its `shift`).
+
+    stochastic=False (ODE): 1 - linspace(0, 1, n)[:-1], i.e. n - 1 evaluations, n >= 2.
+    stochastic=True (re-noising): 1 - linspace(0, 1, n + 1)[:-1], i.e. n evaluations, n >= 1.
+    """
+    minimum = 1 if stochastic else 2
+    if not isinstance(num_inference_steps, int) or num_inference_steps < minimum:
+        raise ValueError(
+            f"num_inference_steps must be an int >= {minimum} for the "
+            f"{'re-noising' if stochastic else 'ODE'} sampler, got {num_inference_steps!r}"
+        )
+    points = num_inference_steps + 1 if stochastic else num_inference_steps
+    data_times = np.linspace(0.0, 1.0, points)[:-1]
+    return (1.0 - data_times).tolist()
+
+
+def reference_data_times(num_inference_steps: int, stochastic: bool) -> np.ndarray:
+    """The reference sampler's full data-time grid, endpoint included, written from its formula
+    (used to check the scheduler). Returns (points,) float64 with points = n (ODE) or n + 1."""
+    if stochastic:
+        return np.linspace(0.0, 1.0, num_inference_steps + 1)
+    return shift_data_time(np.linspace(0.0, 1.0, num_inference_steps))
+
+
+def run_flow_sampler(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    num_inference_steps: int,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Integrate from noise to data with the reference schedule of `scheduler`'s kind.
+
+    velocity_fn(latents, data_time) -> velocity x_data - noise, with latents (batch, ...) and
+    data_time (batch,) float; latents: initial noise (batch, ...) float32. callback(step,
+    data_time, latents) runs after every step. Returns the final latents (batch, ...) float32.
+    """
+    stochastic = scheduler.config.stochastic_sampling
+    scheduler.set_timesteps(sigmas=reference_sigmas(num_inference_steps, stochastic), device=latents.device)
+    scheduler.set_begin_index(0)
+    batch = latents.shape[0]
+    for index, timestep in enumerate(scheduler.timesteps):
+        data_time = (1.0 - scheduler.sigmas[index]).expand(batch)
+        velocity = velocity_fn(latents, data_time)
+        # The scheduler integrates in noise level sigma = 1 - t, so it takes -v.
+        latents = scheduler.step(-velocity, timestep, latents, generator=generator).prev_sample
+        if callback is not None:
+            callback(index, float(data_time[0]), latents)
+    return latents

@@ -1,0 +1,303 @@
+"""`SemanticImageDecoder`: semantic image token grids -> pixels (LLaDA2.0-Uni's image decoder).
+
+SigVQ features of the 2x-upsampled token grid condition a Z-Image transformer that denoises VAE
+latents by flow matching; the VAE decodes them. Two variants share the code: "normal" (50-point
+Euler ODE with norm-clipped guidance) and "turbo" (distilled, 8 re-noising steps, no guidance).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from unimask.decoders.flow_schedule import (
+    NORMAL_STEPS,
+    TURBO_STEPS,
+    make_decoder_scheduler,
+    reference_sigmas,
+    run_flow_sampler,
+)
+from unimask.decoders.official_checkpoint import load_official_transformer, load_transformer, load_vae
+from unimask.decoders.sigvq import SigVQEmbedding, load_sigvq_state_dict, sigvq_from_state_dict
+from unimask.decoders.vae_latents import decode_latents, vae_downsampling_factor
+from unimask.decoders.velocity import predict_velocity
+
+TOKEN_PIXELS = 16  # one semantic token per 16 x 16 input pixels
+VARIANT_DEFAULTS = {"normal": (NORMAL_STEPS, 1.0), "turbo": (TURBO_STEPS, 0.0)}
+PREVIEW_STEPS = {"normal": 3, "turbo": 2}
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class DecoderOutput(BaseOutput):
+    """images: list of PIL images ("pil"); (batch, H, W, 3) float array ("np") or
+    (batch, 3, H, W) float tensor ("pt") in [0, 1] when all grids share a size, else a list of
+    per-image arrays/tensors, in the order of the input grids."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
+
+
+def prepare_token_grids(
+    token_grids, grid_sizes: Sequence[tuple[int, int]] | None, vocab_size: int
+) -> list[torch.Tensor]:
+    """Validate caller token grids and return them as a list of (h, w) int64 CPU tensors.
+
+    token_grids: (batch, h, w) or (h, w) integer tensor/array, or a list of (h, w) grids; with
+    `grid_sizes` (one (h, w) per grid) each entry may be a flat sequence of h * w ids.
+    Raises `ValueError` for empty input, non-integer ids, ids outside [0, vocab_size), sizes
+    <= 0, or a flat id count that does not equal h * w.
+    """
+    if isinstance(token_grids, (torch.Tensor, np.ndarray)):
+        grids = torch.as_tensor(token_grids)
+        if grid_sizes is not None:
+            items = list(grids.unbind(0)) if grids.dim() >= 2 else [grids]
+        elif grids.dim() == 2:
+            items = [grids]
+        elif grids.dim() == 3:
+            items = list(grids.unbind(0))
+        else:
+            raise ValueError(f"token_grids must be (batch, h, w) or (h, w), got shape {tuple(grids.shape)}")
+    elif isinstance(token_grids, (list, tuple)):
+        items = [item if isinstance(item, torch.Tensor) else torch.as_tensor(np.asarray(item)) for item in token_grids]
+    else:
+        raise ValueError(f"token_grids must be a tensor, array or list, got {type(token_grids).__name__}")
+    if not items:
+        raise ValueError("token_grids is empty")
+    if grid_sizes is not None:
+        if len(grid_sizes) != len(items):
+            raise ValueError(f"grid_sizes has {len(grid_sizes)} entries for {len(items)} token grids")
+        reshaped = []
+        for index, (item, size) in enumerate(zip(items, grid_sizes)):
+            height, width = (int(v) for v in size)
+            if height <= 0 or width <= 0:
+                raise ValueError(f"grid_sizes[{index}] = {tuple(size)}: sizes must be > 0")
+            if item.numel() != height * width:
+                raise ValueError(
+                    f"token grid {index} has {item.numel()} ids but grid_sizes[{index}] = "
+                    f"({height}, {width}) needs h * w = {height * width}"
+                )
+            reshaped.append(item.reshape(height, width))
+        items = reshaped
+    grids = []
+    for index, item in enumerate(items):
+        if item.dim() != 2:
+            raise ValueError(f"token grid {index} must be 2-D (h, w), got shape {tuple(item.shape)}")
+        if item.shape[0] <= 0 or item.shape[1] <= 0:
+            raise ValueError(f"token grid {index} has size {tuple(item.shape)}: h and w must be > 0")
+        if item.dtype.is_floating_point or item.dtype.is_complex or item.dtype == torch.bool:
+            raise ValueError(f"token grid {index} must hold integer ids, got dtype {item.dtype}")
+        low, high = int(item.min()), int(item.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"token grid {index} has ids in [{low}, {high}]; allowed range is [0, {vocab_size})"
+            )
+        grids.append(item.to(device="cpu", dtype=torch.long))
+    return grids
+
+
+class SemanticImageDecoder(DiffusionPipeline):
+    """Decodes grids of semantic image tokens to images.
+
+    Components: `sigvq` (`SigVQEmbedding`), `transformer` (diffusers `ZImageTransformer2DModel`),
+    `vae` (`AutoencoderKL`), `scheduler` (`FlowMatchEulerDiscreteScheduler`, see
+    `unimask.decoders.flow_schedule`). Models stay loaded between calls; `offload()` moves them to
+    the CPU, `enable_model_cpu_offload()` (diffusers) moves each to the accelerator only while used.
+    """
+
+    model_cpu_offload_seq = "sigvq->transformer->vae"
+
+    def __init__(
+        self,
+        sigvq: SigVQEmbedding,
+        transformer: ZImageTransformer2DModel,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        decoder_variant: str = "turbo",
+    ):
+        super().__init__()
+        if decoder_variant not in VARIANT_DEFAULTS:
+            raise ValueError(f"decoder_variant must be 'normal' or 'turbo', got {decoder_variant!r}")
+        self.register_modules(sigvq=sigvq, transformer=transformer, vae=vae, scheduler=scheduler)
+        self.register_to_config(decoder_variant=decoder_variant)
+
+    # ---------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        root: str | Path,
+        variant: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "SemanticImageDecoder":
+        """Load a decoder strictly from the official checkpoint root (`decoder/` or
+        `decoder-turbo/`, `vae/`, `image_tokenizer/sigvq_embedding.pt`) or from a folder written by
+        `save_pretrained` (has `model_index.json`).
+
+        variant: "turbo" or "normal"; None means "turbo" for the official root and the saved
+        variant for our layout (asking for the other one there raises `ValueError`).
+        """
+        root = Path(root)
+        if variant not in (None, "turbo", "normal"):
+            raise ValueError(f"variant must be 'turbo', 'normal' or None, got {variant!r}")
+        if (root / "model_index.json").is_file():
+            saved_variant = json.loads((root / "model_index.json").read_text()).get("decoder_variant", "turbo")
+            if variant is not None and variant != saved_variant:
+                raise ValueError(f"{root} holds the {saved_variant!r} decoder, not {variant!r}")
+            sigvq_path = root / "sigvq" / "diffusion_pytorch_model.safetensors"
+            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path))
+            transformer = load_transformer(root / "transformer", torch_dtype)
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
+            variant = saved_variant
+        elif (root / "vae").is_dir() and (root / "image_tokenizer").is_dir():
+            variant = variant or "turbo"
+            sigvq_path = root / "image_tokenizer" / "sigvq_embedding.pt"
+            if not sigvq_path.is_file():
+                sigvq_path = sigvq_path.with_suffix(".safetensors")
+            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path))
+            folder = root / ("decoder-turbo" if variant == "turbo" else "decoder")
+            transformer = load_official_transformer(folder, sigvq.config.inner_dim, torch_dtype)
+            scheduler = make_decoder_scheduler(variant)
+        else:
+            raise ValueError(f"{root} is neither an official checkpoint root nor a saved SemanticImageDecoder")
+        vae = load_vae(root / "vae", torch_dtype)
+        if torch_dtype is not None:
+            sigvq = sigvq.to(torch_dtype)
+        return cls(sigvq=sigvq, transformer=transformer, vae=vae, scheduler=scheduler, decoder_variant=variant)
+
+    def offload(self) -> "SemanticImageDecoder":
+        """Move every model to the CPU (to free accelerator memory while idle); returns self."""
+        return self.to("cpu")
+
+    # ---------------------------------------------------------------- steps of __call__
+    @property
+    def defaults(self) -> tuple[int, float]:
+        """(num_inference_steps, guidance_scale) of this decoder's variant."""
+        return VARIANT_DEFAULTS[self.config.decoder_variant]
+
+    def output_size(self, height: int, width: int, resolution_multiplier: int) -> tuple[int, int]:
+        """Pixel size (H, W) of the image decoded from an (h, w) grid at this multiplier."""
+        return height * TOKEN_PIXELS * resolution_multiplier, width * TOKEN_PIXELS * resolution_multiplier
+
+    def check_inputs(
+        self, num_inference_steps: int, guidance_scale: float, resolution_multiplier: int, output_type: str
+    ) -> None:
+        """Raise `ValueError` for arguments outside their allowed ranges."""
+        stochastic = self.scheduler.config.stochastic_sampling
+        reference_sigmas(num_inference_steps, stochastic)  # validates the step count
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(resolution_multiplier, int) or resolution_multiplier <= 0:
+            raise ValueError(f"resolution_multiplier must be an int >= 1, got {resolution_multiplier!r}")
+        latent_per_token = TOKEN_PIXELS * resolution_multiplier / vae_downsampling_factor(self.vae)
+        patch = self.transformer.config.all_patch_size[0]
+        if latent_per_token != int(latent_per_token) or int(latent_per_token) % patch:
+            raise ValueError(
+                f"resolution_multiplier {resolution_multiplier} gives {latent_per_token} latent pixels per "
+                f"token; it must be a multiple of the patch size {patch}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    def prepare_latents(
+        self, batch: int, height: int, width: int, resolution_multiplier: int, generator, device: torch.device
+    ) -> torch.Tensor:
+        """Initial noise (batch, C, 1, H / f, W / f) float32 for (h, w) grids; f is the VAE factor
+        (official: (16, 1, 2 * H / 16, 2 * W / 16))."""
+        out_h, out_w = self.output_size(height, width, resolution_multiplier)
+        factor = vae_downsampling_factor(self.vae)
+        shape = (batch, self.transformer.config.in_channels, 1, out_h // factor, out_w // factor)
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def _decode_group(self, grids, steps, guidance_scale, generator, resolution_multiplier, callback):
+        device = self._execution_device
+        features = self.sigvq.encode_grids(grids.to(device))
+        batch, height, width = grids.shape
+        latents = self.prepare_latents(batch, height, width, resolution_multiplier, generator, device)
+
+        def velocity_fn(noisy: torch.Tensor, data_time: torch.Tensor) -> torch.Tensor:
+            return predict_velocity(self.transformer, noisy, data_time, features, guidance_scale)
+
+        latents = run_flow_sampler(self.scheduler, velocity_fn, latents, steps, generator, callback)
+        return decode_latents(self.vae, latents)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        token_grids,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        resolution_multiplier: int = 2,
+        output_type: str = "pil",
+        callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        grid_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> DecoderOutput:
+        """Decode token grids to images of size (h * 16 * m, w * 16 * m), m = resolution_multiplier.
+
+        token_grids: (batch, h, w) int64, or a list of (h, w) grids (sizes may differ: grids are
+        decoded in groups of equal size), or flat id lists with `grid_sizes`.
+        num_inference_steps / guidance_scale: None -> the variant's defaults (normal 50 / 1.0,
+        turbo 8 / 0.0); guidance follows the reference convention (see `predict_velocity`).
+        generator: one generator, or one per grid (then a batch decodes exactly like one grid at a
+        time with the same generators). callback(step, data_time, latents) runs after each step
+        (steps restart at 0 for each group of equal-size grids).
+        """
+        default_steps, default_guidance = self.defaults
+        steps = default_steps if num_inference_steps is None else num_inference_steps
+        guidance = default_guidance if guidance_scale is None else guidance_scale
+        self.check_inputs(steps, guidance, resolution_multiplier, output_type)
+        grids = prepare_token_grids(token_grids, grid_sizes, self.sigvq.config.vocab_size)
+        if isinstance(generator, list) and len(generator) != len(grids):
+            raise ValueError(f"generator list has {len(generator)} entries for {len(grids)} token grids")
+
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, grid in enumerate(grids):
+            groups.setdefault(tuple(grid.shape), []).append(index)
+        images: list[torch.Tensor | None] = [None] * len(grids)
+        for indices in groups.values():
+            group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
+            stacked = torch.stack([grids[i] for i in indices])
+            decoded = self._decode_group(stacked, steps, guidance, group_generator, resolution_multiplier, callback)
+            for position, index in enumerate(indices):
+                images[index] = decoded[position].cpu()
+        self.maybe_free_model_hooks()
+        return DecoderOutput(images=self._format_images(images, output_type))
+
+    @staticmethod
+    def _format_images(images: list[torch.Tensor], output_type: str):
+        same_size = len({tuple(image.shape) for image in images}) == 1
+        if output_type == "pt":
+            return torch.stack(images) if same_size else images
+        arrays = [image.permute(1, 2, 0).numpy() for image in images]
+        if output_type == "np":
+            return np.stack(arrays) if same_size else arrays
+        return [PIL.Image.fromarray((array * 255).round().astype(np.uint8)) for array in arrays]
+
+    def preview(
+        self,
+        token_grids,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        grid_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> DecoderOutput:
+        """Cheap low-resolution decode for step previews: resolution multiplier 1, no guidance and
+        2 (turbo) or 3 (normal: 2 Euler steps) schedule points unless `num_inference_steps` is given."""
+        steps = num_inference_steps or PREVIEW_STEPS[self.config.decoder_variant]
+        return self(
+            token_grids,
+            num_inference_steps=steps,
+            guidance_scale=0.0,
+            generator=generator,
+            resolution_multiplier=1,
+            output_type=output_type,
+            grid_sizes=grid_sizes,
+        )

@@ -1,0 +1,126 @@
+"""Training objectives of the decoder stages, as pure functions for the shared trainer.
+
+Batch keys (all stages):
+    pixel_values: (batch, 3, H, W) float in [-1, 1]
+    token_grids:  (batch, h, w) int64 semantic token ids (flow matching and distillation only),
+                  with H = h * 16 * m and W = w * 16 * m for an integer resolution multiplier m.
+
+`decoder_parts` is anything with `sigvq`, `transformer` and `vae` attributes (a
+`SemanticImageDecoder`). SigVQ and VAE stay frozen in flow matching; only the transformer gets
+gradients. `vae_loss` trains the VAE itself (reconstruction + KL, no perceptual term).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
+
+from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
+from unimask.decoders.vae_latents import encode_pixels, vae_downsampling_factor
+from unimask.decoders.velocity import predict_velocity
+
+TOKEN_PIXELS = 16
+
+
+def check_decoder_batch(batch: dict, decoder_parts, need_tokens: bool = True) -> None:
+    """Raise `ValueError` when the batch keys, shapes, ranges or grid/image sizes disagree."""
+    if "pixel_values" not in batch:
+        raise ValueError(f"batch needs 'pixel_values'; got keys {sorted(batch)}")
+    pixels = batch["pixel_values"]
+    if pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"pixel_values must be (batch, 3, H, W), got {tuple(pixels.shape)}")
+    if not need_tokens:
+        return
+    if "token_grids" not in batch:
+        raise ValueError(f"batch needs 'token_grids'; got keys {sorted(batch)}")
+    grids = batch["token_grids"]
+    if grids.dim() != 3 or grids.shape[0] != pixels.shape[0]:
+        raise ValueError(
+            f"token_grids must be (batch, h, w) with the pixel batch {pixels.shape[0]}, got {tuple(grids.shape)}"
+        )
+    if grids.dtype.is_floating_point:
+        raise ValueError(f"token_grids must be integer ids, got {grids.dtype}")
+    vocab = decoder_parts.sigvq.config.vocab_size
+    if int(grids.min()) < 0 or int(grids.max()) >= vocab:
+        raise ValueError(f"token_grids ids span [{int(grids.min())}, {int(grids.max())}]; allowed [0, {vocab})")
+    height, width = pixels.shape[2:]
+    multiplier = height / (grids.shape[1] * TOKEN_PIXELS)
+    if multiplier != int(multiplier) or multiplier < 1 or width != grids.shape[2] * TOKEN_PIXELS * multiplier:
+        raise ValueError(
+            f"pixel size {height}x{width} is not the token grid {tuple(grids.shape[1:])} x 16 x an integer multiplier"
+        )
+    latent_per_token = TOKEN_PIXELS * multiplier / vae_downsampling_factor(decoder_parts.vae)
+    if latent_per_token % decoder_parts.transformer.config.all_patch_size[0]:
+        raise ValueError(f"{latent_per_token} latent pixels per token is not a multiple of the patch size")
+
+
+def sample_data_time(
+    batch: int, generator: torch.Generator | None, device: torch.device, time_shift: float = REFERENCE_TIME_SHIFT
+) -> torch.Tensor:
+    """Training data times t (0 noise, 1 data): u ~ U(0, 1) pushed through the sampler's time
+    shift, so training visits noise levels as densely as sampling does. Returns (batch,) float32."""
+    uniform = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu").to(device)
+    return uniform / (uniform + time_shift - time_shift * uniform)
+
+
+def flow_matching_loss(
+    decoder_parts,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    condition_dropout: float = 0.1,
+    time_shift: float = REFERENCE_TIME_SHIFT,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Velocity-matching loss on the linear path x_t = t * x_data + (1 - t) * noise.
+
+    The transformer predicts v = x_data - noise from (x_t, t, SigVQ features); a
+    `condition_dropout` fraction of samples sees all-zero features, which is what guidance
+    compares against. Returns (scalar loss with grad into the transformer, metrics).
+    """
+    check_decoder_batch(batch, decoder_parts)
+    if not 0.0 <= condition_dropout < 1.0:
+        raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+    transformer = decoder_parts.transformer
+    device = transformer.device
+    data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator).to(device)
+    with torch.no_grad():
+        features = decoder_parts.sigvq.encode_grids(batch["token_grids"]).to(device)
+    count = data.shape[0]
+    rng_device = generator.device if generator is not None else "cpu"
+    keep = torch.rand(count, generator=generator, device=rng_device).to(device) >= condition_dropout
+    features = features * keep.view(count, 1, 1).to(features.dtype)
+    data_time = sample_data_time(count, generator, device, time_shift)
+    noise = randn_tensor(data.shape, generator=generator, device=device, dtype=data.dtype)
+    t = data_time.view(count, 1, 1, 1, 1)
+    noisy = t * data + (1.0 - t) * noise
+    predicted = predict_velocity(transformer, noisy, data_time, features)
+    loss = F.mse_loss(predicted, data - noise)
+    return loss, {"flow_matching_loss": float(loss.detach()), "condition_kept": float(keep.float().mean())}
+
+
+def vae_loss(
+    vae: AutoencoderKL,
+    batch: dict,
+    kl_weight: float = 1e-6,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """AutoencoderKL objective: L1 reconstruction of a posterior sample plus `kl_weight` times the
+    KL to N(0, I) (summed over latent elements, averaged over the batch); no perceptual or
+    adversarial term. batch: {"pixel_values": (batch, 3, H, W) in [-1, 1]}. Returns (loss, metrics).
+    """
+    if "pixel_values" not in batch or batch["pixel_values"].dim() != 4:
+        raise ValueError("batch needs 'pixel_values' shaped (batch, 3, H, W)")
+    if kl_weight < 0:
+        raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+    pixels = batch["pixel_values"].to(device=vae.device, dtype=vae.dtype)
+    posterior = vae.encode(pixels).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+    reconstruction_loss = (reconstruction.float() - pixels.float()).abs().mean()
+    kl = posterior.kl().float().mean()
+    loss = reconstruction_loss + kl_weight * kl
+    return loss, {
+        "vae_loss": float(loss.detach()),
+        "reconstruction_l1": float(reconstruction_loss.detach()),
+        "kl": float(kl.detach()),
+    }

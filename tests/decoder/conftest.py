@@ -1,0 +1,43 @@
+"""Shared fixtures for the decoder tests: one tiny official-layout checkpoint per session."""
+
+import pytest
+import torch
+
+from unimask.decoders.semantic_decoder import SemanticImageDecoder
+from unimask.decoders.tiny_decoder_checkpoint import write_tiny_official_decoder
+
+TINY_VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # The tiny models run ~10x faster on one thread than on two contended ones; restored after.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return write_tiny_official_decoder(tmp_path_factory.mktemp("tiny_llada2_uni"))
+
+
+@pytest.fixture(scope="session")
+def turbo_decoder(tiny_root):
+    return SemanticImageDecoder.from_pretrained(tiny_root, variant="turbo")
+
+
+@pytest.fixture(scope="session")
+def normal_decoder(tiny_root):
+    return SemanticImageDecoder.from_pretrained(tiny_root, variant="normal")
+
+
+def seeded(*seeds):
+    """One CPU generator per seed."""
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+@pytest.fixture
+def make_generators():
+    return seeded
