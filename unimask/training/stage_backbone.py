@@ -1,0 +1,152 @@
+"""The ``backbone`` stage: masked-diffusion pretraining / SFT of ``LLaDA2MoeModelLM``.
+
+Samples carry pre-built token sequences in their json: ``"input_ids"`` (list of int ids in the
+joint text + image-code vocabulary) and, for SFT, ``"response_start"`` (index of the first
+response token; earlier tokens are the clean prompt). With ``data.token_budget`` several
+sequences are packed per row and ``document_ids`` keep them apart (packed bidirectional or
+block-diffusion masks, positions restarting per document).
+
+``model``: ``{"preset": "<configs/models/backbone/NAME.json>"}`` plus config.json keys to override.
+``stage_options``:
+    mask_token_id (int, required), objective ("masked" | "block", default "masked"),
+    block_length (int, block objective; default 32) or block_schedule ({warmup_steps,
+    stable_steps, decay_steps, start_block_length, final_block_length}: LLaDA2.0's WSD schedule
+    over the row length), router_z_loss_weight (float, default 0.0; > 0 also reports expert load).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unimask.config import ConfigError, check_call_kwargs
+from unimask.data.packing import pack_documents
+from unimask.training.stages import Stage
+
+__all__ = ["BackboneStage", "available_backbone_presets"]
+
+_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight"}
+
+
+def _presets_dir() -> Path:
+    return Path(str(resources.files("unimask.configs"))) / "models" / "backbone"
+
+
+def available_backbone_presets() -> list[str]:
+    """Names of ``configs/models/backbone/*.json``."""
+    return sorted(p.stem for p in _presets_dir().glob("*.json"))
+
+
+class BackboneStage(Stage):
+    """Masked-diffusion (``objective: masked``) or block-diffusion (``objective: block``) ELBO."""
+
+    name = "backbone"
+    decode_images = False
+
+    def check_config(self) -> None:
+        from unimask.unimodal.configuration_llada2_moe import LLaDA2MoeConfig
+
+        model = dict(self.recipe.model)
+        preset = model.pop("preset", "tiny")
+        path = _presets_dir() / f"{preset}.json"
+        if not path.is_file():
+            raise ConfigError(f"model.preset: unknown model preset {preset!r} for stage 'backbone'; available: {available_backbone_presets()}")
+        values = {**json.loads(path.read_text()), **model}
+        values.pop("architectures", None)
+        values.pop("model_type", None)
+        check_call_kwargs(LLaDA2MoeConfig.__init__, {k: v for k, v in model.items()}, "model")
+        self.model_config = LLaDA2MoeConfig(**values)
+        options = dict(self.recipe.stage_options)
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage 'backbone'; allowed: {sorted(_OPTIONS)}")
+        if not isinstance(options.get("mask_token_id"), int) or not 0 <= options["mask_token_id"] < self.model_config.vocab_size:
+            raise ConfigError(f"stage_options.mask_token_id must be an int in [0, {self.model_config.vocab_size}), got {options.get('mask_token_id')!r}")
+        self.mask_token_id = options["mask_token_id"]
+        self.objective = options.get("objective", "masked")
+        if self.objective not in ("masked", "block"):
+            raise ConfigError(f"stage_options.objective must be 'masked' or 'block', got {self.objective!r}")
+        self.block_length = int(options.get("block_length", 32))
+        self.block_schedule = options.get("block_schedule")
+        self.router_z_loss_weight = float(options.get("router_z_loss_weight", 0.0))
+        self.pad_id = self.model_config.pad_token_id if self.model_config.pad_token_id is not None else 0
+        self.current_step = 0
+
+    def build_model(self) -> nn.Module:
+        from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
+
+        return LLaDA2MoeModelLM(self.model_config)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.model.layers)
+
+    def on_step(self, step: int) -> None:
+        self.current_step = step
+
+    def sample_length(self, sample: dict[str, Any]) -> int:
+        return len(sample["json"]["input_ids"])
+
+    def make_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        documents, responses = [], []
+        for sample in samples:
+            meta = sample["json"]
+            if "input_ids" not in meta:
+                raise ValueError(f"sample {sample.get('__key__')!r} has no json 'input_ids' (the backbone stage reads pre-built sequences)")
+            ids = torch.tensor(meta["input_ids"], dtype=torch.long)
+            documents.append(ids)
+            response = torch.zeros_like(ids, dtype=torch.bool)
+            response[int(meta.get("response_start", 0)) :] = True
+            responses.append(response)
+        budget = self.recipe.data.token_budget or max(len(d) for d in documents)
+        rows = self.recipe.micro_batch_size if self.recipe.data.token_budget else len(documents)
+        if not self.recipe.data.token_budget:
+            packed = [pack_documents([d], budget, self.pad_id) for d in documents]
+            ids = torch.cat([p.ids for p in packed])
+            document_ids = torch.cat([p.document_ids for p in packed])
+            loss_mask = torch.cat([p.loss_mask for p in packed])
+        else:
+            packed_rows = pack_documents(documents, budget, self.pad_id, rows=rows)
+            ids, document_ids, loss_mask = packed_rows.ids, packed_rows.document_ids, packed_rows.loss_mask
+        maskable = torch.zeros_like(loss_mask)
+        flat_response = torch.cat([r[:budget] for r in responses])
+        maskable[loss_mask] = flat_response
+        modality = (ids >= self.model_config.image_token_offset).long()
+        return {"input_ids": ids, "document_ids": document_ids, "maskable": maskable, "modality": modality, "token_count": int(loss_mask.sum())}
+
+    def _current_block_length(self, seq_len: int) -> int:
+        if self.block_schedule is None:
+            return min(self.block_length, seq_len)
+        from unimask.unimodal.losses import block_size_schedule
+
+        return block_size_schedule(self.current_step, max_block_length=seq_len, **self.block_schedule)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        from unimask.unimodal.attention_masks import bidirectional_mask, positions_in_documents
+        from unimask.unimodal.losses import block_diffusion_loss, masked_diffusion_loss
+
+        ids, document_ids = batch["input_ids"], batch["document_ids"]
+        common = dict(mask_token_id=self.mask_token_id, maskable=batch["maskable"], modality=batch["modality"],
+                      router_z_loss_weight=self.router_z_loss_weight)
+        if self.objective == "block":
+            return block_diffusion_loss(model, ids, block_length=self._current_block_length(ids.shape[1]), document_ids=document_ids, **common)
+        mask = bidirectional_mask(ids.shape[1], document_ids=document_ids, device=ids.device)
+        return masked_diffusion_loss(model, ids, attention_mask=mask, position_ids=positions_in_documents(document_ids), **common)
+
+    def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+        return {"samples": int(batch["input_ids"].shape[0]), "tokens": batch["token_count"], "images": 0}
+
+    def flops_per_step(self, model: nn.Module, counts: dict[str, int]) -> float:
+        config = self.model_config
+        per_expert = 3 * config.hidden_size * config.moe_intermediate_size
+        inactive = (config.num_experts - config.num_experts_per_tok) * per_expert * max(0, config.num_hidden_layers - config.first_k_dense_replace)
+        active = sum(p.numel() for p in model.parameters()) - inactive
+        return 6.0 * active * counts["tokens"]
+
+    def export(self, model: nn.Module, out_dir: Path) -> Path:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        return out_dir

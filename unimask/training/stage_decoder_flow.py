@@ -1,0 +1,124 @@
+"""The ``decoder_flow`` stage: flow-matching training of the decoder transformer.
+
+Samples: an image and its token grid (``codes.npy``; the first image and first grid are used).
+The image is resized to ``grid x 16 x resolution_multiplier`` pixels and scaled to [-1, 1].
+SigVQ and the VAE stay frozen; only the transformer trains.
+
+``model``: ``{"preset": "<configs/models/decoder/NAME.yaml>"}``.
+``stage_options``: ``condition_dropout`` (default 0.1), ``resolution_multiplier`` (default: the
+preset's), ``variant`` ("normal" | "turbo", the scheduler written with the export).
+Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
+frozen ``sigvq``/``vae`` next to it (diffusers folders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unimask.config import ConfigError
+from unimask.training.stages import Stage
+
+__all__ = ["DecoderParts", "DecoderFlowStage", "decoder_pixel_batch"]
+
+
+class DecoderParts(nn.Module):
+    """The decoder's ``sigvq``, ``transformer`` and ``vae`` as one module (what the losses take).
+
+    Only the components named in ``trainable`` get gradients.
+    """
+
+    def __init__(self, sigvq: nn.Module, transformer: nn.Module, vae: nn.Module, trainable: tuple[str, ...]):
+        super().__init__()
+        self.sigvq, self.transformer, self.vae = sigvq, transformer, vae
+        for name in ("sigvq", "transformer", "vae"):
+            getattr(self, name).requires_grad_(name in trainable)
+
+
+def decoder_pixel_batch(samples: list[dict[str, Any]], multiplier: int, need_codes: bool = True) -> dict[str, torch.Tensor]:
+    """``pixel_values`` (B, 3, H, W) in [-1, 1] and ``token_grids`` (B, h, w) int64 from samples.
+
+    Raises:
+        ValueError: a sample without image or (when needed) without codes, or mixed grid sizes.
+    """
+    pixels, grids = [], []
+    for sample in samples:
+        key = sample.get("__key__")
+        if not sample["images"]:
+            raise ValueError(f"sample {key!r} has no image")
+        if need_codes and sample.get("codes") is None:
+            raise ValueError(f"sample {key!r} has no codes.npy (run `unimask data tokenize` first)")
+        if need_codes:
+            grid = np.asarray(sample["codes"][0], dtype=np.int64)
+            height, width = grid.shape[0] * 16 * multiplier, grid.shape[1] * 16 * multiplier
+            grids.append(torch.from_numpy(grid))
+        else:
+            width, height = sample["images"][0].size
+        image = sample["images"][0].convert("RGB").resize((width, height))
+        pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    if len({p.shape for p in pixels}) != 1:
+        raise ValueError(f"samples of one batch must share an image size, got {sorted({tuple(p.shape) for p in pixels})}")
+    batch = {"pixel_values": torch.stack(pixels)}
+    if need_codes:
+        batch["token_grids"] = torch.stack(grids)
+    return batch
+
+
+class DecoderFlowStage(Stage):
+    """Velocity-matching loss (``unimask.decoders.training_losses.flow_matching_loss``)."""
+
+    name = "decoder_flow"
+    trainable: tuple[str, ...] = ("transformer",)
+    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal"}
+
+    def check_config(self) -> None:
+        from unimask.decoders.decoder_presets import load_decoder_preset
+
+        model = dict(self.recipe.model)
+        preset = model.pop("preset", "tiny")
+        if model:
+            raise ConfigError(f"model: unknown key(s) {sorted(model)} for stage {self.name!r}; allowed: ['preset']")
+        try:
+            self.preset = load_decoder_preset(preset)
+        except ValueError as err:
+            raise ConfigError(f"model.preset: unknown model preset {preset!r}: {err}") from None
+        options = dict(self.recipe.stage_options)
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage {self.name!r}; allowed: {sorted(self.option_defaults)}")
+        self.options = {**self.option_defaults, **options}
+        self.multiplier = int(self.options["resolution_multiplier"] or self.preset.get("resolution_multiplier", 1))
+
+    def _build_decoder(self, variant: str):
+        from unimask.decoders.decoder_presets import build_decoder
+
+        return build_decoder(self.preset, variant=variant, seed=self.recipe.seed)
+
+    def build_model(self) -> nn.Module:
+        decoder = self._build_decoder(self.options["variant"])
+        return DecoderParts(decoder.sigvq, decoder.transformer, decoder.vae, self.trainable)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(getattr(model.transformer, "layers", []))
+
+    def make_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return decoder_pixel_batch(samples, self.multiplier)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        from unimask.decoders.training_losses import flow_matching_loss
+
+        return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"])
+
+    def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
+        count = int(batch["pixel_values"].shape[0])
+        return {"samples": count, "tokens": 0, "images": count}
+
+    def export(self, model: nn.Module, out_dir: Path) -> Path:
+        folder = out_dir / "decoder"
+        for name in ("sigvq", "transformer", "vae"):
+            getattr(model, name).save_pretrained(folder / name, safe_serialization=True)
+        return folder
