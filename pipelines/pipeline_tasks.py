@@ -1,0 +1,339 @@
+"""Task pipelines: understanding, chat, text-to-image (with a thinking mode) and image editing.
+
+Each is a `UniPipelineBase` whose ``__call__`` is its algorithm in order; build them from a loaded
+pipeline with ``TaskPipeline.from_pipe(pipe)`` (same module objects) or through ``UniPipeline``'s
+properties. Options not named in a signature (``**options``) are sampler and decoder options with the
+sampler's names (``steps``, ``block_length``, ``threshold``, ``guidance_scale``, ``use_sprint``,
+``keep_ratio``, ``decoder``, ``decoder_steps``, ...; see `generation_defaults`), defaulting to the
+checkpoint's ``generation_defaults.json``. ``num_images_per_prompt`` is the number of samples per prompt
+for every task (answers for the text tasks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unimask.decoders.semantic_decoder import TOKEN_PIXELS
+from unimask.pipelines.call_inputs import (
+    check_count,
+    check_output_type,
+    check_prompts,
+    generators_for,
+    images_per_prompt,
+)
+from unimask.pipelines.pipeline_base import StageStats, StepCallback, UniPipelineBase
+from unimask.pipelines.pipeline_output import UniPipelineOutput
+from unimask.pipelines.sequence_batching import generated_text_ids
+from unimask.tokenizers.sequence_builders import ChatMessage, SequenceSpec
+from unimask.tokenizers.token_layout import TokenKind
+
+
+def _repeat(items: list, times: int) -> list:
+    return [item for item in items for _ in range(times)]
+
+
+def _system_prompt(task_options: dict[str, Any]) -> dict[str, str]:
+    prompt = task_options.get("system_prompt")
+    return {} if prompt is None else {"system_prompt": prompt}
+
+
+class _TaskPipeline(UniPipelineBase):
+    """Shared helpers of the task pipelines."""
+
+    def _slot_grids(self, sequence: torch.Tensor, spec: SequenceSpec) -> list[torch.Tensor]:
+        offset = self.token_layout.image_token_offset
+        return [(sequence[slot.start : slot.end] - offset).view(slot.h, slot.w).clone() for slot in spec.image_slots]
+
+    def _target_grid(self, height: int | None, width: int | None, decoder_options: dict, default: Any) -> tuple[int, int]:
+        """Token grid (h, w) of a generated image: from ``height``/``width`` in output pixels, else ``default``."""
+        if height is None and width is None:
+            return int(default[0]), int(default[1])
+        multiplier = decoder_options.get("resolution_multiplier", 2)
+        unit = TOKEN_PIXELS * multiplier
+        sides = []
+        for name, value, fallback in (("height", height, default[0]), ("width", width, default[1])):
+            if value is None:
+                sides.append(int(fallback))
+                continue
+            if not isinstance(value, int) or value < unit or value % unit:
+                raise ValueError(
+                    f"{name}={value!r} must be a positive multiple of 16 * resolution_multiplier = {unit} pixels"
+                )
+            sides.append(value // unit)
+        return sides[0], sides[1]
+
+    def _text_output(self, task, sequences, specs, stats, return_dict):
+        texts = [self.decode_text(generated_text_ids(seq, spec, self.token_layout)) for seq, spec in zip(sequences, specs)]
+        output = UniPipelineOutput(
+            task=task,
+            texts=texts,
+            images=[[] for _ in texts],
+            parts=[[text] for text in texts],
+            token_ids=sequences,
+            stats=stats.as_dict(),
+        )
+        return output if return_dict else (texts,)
+
+
+class UnderstandingPipeline(_TaskPipeline):
+    """Answer a question about one or more images."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: Any,
+        gen_length: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        return_dict: bool = True,
+        **options: Any,
+    ) -> UniPipelineOutput | tuple:
+        """prompt: question(s); image: per prompt one image or a list (see `call_inputs.images_per_prompt`).
+        gen_length: answer length in tokens (default from the checkpoint); output_type is checked but unused
+        (text output). Returns texts (one per sample)."""
+        check_output_type(output_type)
+        prompts = check_prompts(prompt)
+        images = images_per_prompt(image, len(prompts))
+        if any(not group for group in images):
+            raise ValueError("image: understanding needs at least one image per prompt")
+        count = check_count(num_images_per_prompt, "num_images_per_prompt")
+        sampler_options, _, task_options = self.generation_defaults.options_for(
+            "understanding", {**options, "gen_length": gen_length}
+        )
+        stats = StageStats()
+        grids = self.encode_images(images, task_options["image_size"])
+        builder = self.sequence_builder()
+        specs = [
+            self.build_sequences(
+                lambda g=g, q=q: builder.understanding(g, q, task_options["gen_length"], **_system_prompt(task_options)),
+                "image",
+            )
+            for g, q in zip(grids, prompts)
+        ]
+        specs = _repeat(specs, count)
+        generator = generators_for(generator, len(specs))
+        sequences = self.sample(specs, sampler_options, "none", generator, "text", stats, callback_on_step_end)
+        return self._text_output("understanding", sequences, specs, stats, return_dict)
+
+
+def _as_chat_messages(messages: Any) -> list[dict]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content', 'images'} dicts")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise ValueError(f"messages[{index}] must be a dict with role 'user' or 'assistant', got {message!r}")
+        if not isinstance(message.get("content", ""), str):
+            raise ValueError(f"messages[{index}]['content'] must be a string")
+    return list(messages)
+
+
+class ChatPipeline(_TaskPipeline):
+    """Multi-turn text chat (messages may carry images)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        messages: list[dict] | list[list[dict]] | None = None,
+        gen_length: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        return_dict: bool = True,
+        **options: Any,
+    ) -> UniPipelineOutput | tuple:
+        """prompt: one user message per conversation; or messages: a conversation (list of
+        ``{"role": "user"|"assistant", "content": str, "images": [...]}``) or a list of conversations.
+        Returns the assistant replies as texts (output_type is checked but unused)."""
+        check_output_type(output_type)
+        if messages is None:
+            conversations = [[{"role": "user", "content": text}] for text in check_prompts(prompt)]
+        else:
+            if prompt is not None:
+                raise ValueError("prompt: give either prompt or messages, not both")
+            batch = messages if messages and isinstance(messages[0], (list, tuple)) else [messages]
+            conversations = [_as_chat_messages(conversation) for conversation in batch]
+        count = check_count(num_images_per_prompt, "num_images_per_prompt")
+        sampler_options, _, task_options = self.generation_defaults.options_for(
+            "chat", {**options, "gen_length": gen_length}
+        )
+        stats = StageStats()
+        images = [[image for m in conv for image in images_per_prompt(m.get("images"), 1)[0]] for conv in conversations]
+        grids = self.encode_images(images, task_options["image_size"])
+        builder = self.sequence_builder()
+        specs = []
+        for conversation, conversation_grids in zip(conversations, grids):
+            chat, used = [], 0
+            for message in conversation:
+                n_images = len(images_per_prompt(message.get("images"), 1)[0])
+                chat.append(
+                    ChatMessage(message["role"], message.get("content", ""), tuple(conversation_grids[used : used + n_images]))
+                )
+                used += n_images
+            specs.append(
+                self.build_sequences(
+                    lambda c=chat: builder.chat(c, task_options["gen_length"], **_system_prompt(task_options)), "messages"
+                )
+            )
+        specs = _repeat(specs, count)
+        generator = generators_for(generator, len(specs))
+        sequences = self.sample(specs, sampler_options, "none", generator, "text", stats, callback_on_step_end)
+        return self._text_output("chat", sequences, specs, stats, return_dict)
+
+
+class TextToImagePipeline(_TaskPipeline):
+    """Prompt -> image, optionally thinking first (a reasoning text span, then the image conditioned on it)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        height: int | None = None,
+        width: int | None = None,
+        thinking: bool = False,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        return_dict: bool = True,
+        **options: Any,
+    ) -> UniPipelineOutput | tuple:
+        """height / width: output pixels (multiples of 16 * resolution_multiplier; default from the
+        checkpoint's ``image_grid``). thinking: generate ``thinking_length`` reasoning tokens first.
+        Returns one image per sample (and the thinking text in ``texts`` when thinking)."""
+        prompts = check_prompts(prompt)
+        count = check_count(num_images_per_prompt, "num_images_per_prompt")
+        check_output_type(output_type)
+        task = "thinking" if thinking else "text_to_image"
+        sampler_options, decoder_options, task_options = self.generation_defaults.options_for(task, options)
+        h, w = self._target_grid(height, width, decoder_options, task_options["image_grid"])
+        guided = sampler_options.get("guidance_scale", 1.0) > 0
+        stats = StageStats()
+        builder = self.sequence_builder()
+        if thinking:
+            specs = [
+                self.build_sequences(
+                    lambda p=p: builder.thinking_text_to_image(
+                        p, h, w, task_options["thinking_length"], cfg=guided, **_system_prompt(task_options)
+                    ),
+                    "thinking_length",
+                )
+                for p in prompts
+            ]
+        else:
+            specs = [
+                self.build_sequences(
+                    lambda p=p: builder.text_to_image(p, h, w, cfg=guided, **_system_prompt(task_options)), "height"
+                )
+                for p in prompts
+            ]
+        specs = _repeat(specs, count)
+        generator = generators_for(generator, len(specs))
+        texts: list[str | None] = [None] * len(specs)
+        if thinking:
+            specs, texts = self._think(specs, sampler_options, task_options, generator, stats, callback_on_step_end)
+        sequences = self.sample(
+            specs, sampler_options, "simple" if guided else "none", generator, "image_tokens", stats, callback_on_step_end
+        )
+        grids = [self._slot_grids(seq, spec)[0] for seq, spec in zip(sequences, specs)]
+        images = self.decode_grids(grids, decoder_options, generator, output_type, stats)
+        output = UniPipelineOutput(
+            task=task,
+            texts=texts,
+            images=[[image] for image in images],
+            parts=[([text] if text else []) + [image] for text, image in zip(texts, images)],
+            token_ids=sequences,
+            stats=stats.as_dict(),
+        )
+        return output if return_dict else (images,)
+
+    def _think(self, specs, sampler_options, task_options, generator, stats, callback):
+        """Generate the thinking spans (no guidance), then return image specs conditioned on them."""
+        heads = []
+        for spec in specs:
+            header_start = spec.image_slots[0].start - 4  # <|image|> h w <boi>
+            heads.append(SequenceSpec(spec.input_ids[:header_start], spec.token_kinds[:header_start]))
+        thinking_options = {**sampler_options, "num_inference_steps": task_options["thinking_steps"]}
+        thought = self.sample(heads, thinking_options, "none", generator, "thinking", stats, callback)
+        image_specs, texts = [], []
+        for spec, head, filled in zip(specs, heads, thought):
+            texts.append(self.decode_text(generated_text_ids(filled, head, self.token_layout)))
+            cut = len(head)
+            image_specs.append(
+                SequenceSpec(
+                    filled.tolist() + spec.input_ids[cut:],
+                    [int(TokenKind.PROMPT)] * cut + spec.token_kinds[cut:],
+                    list(spec.image_slots),
+                    uncond=spec.uncond,
+                )
+            )
+        return image_specs, texts
+
+
+class ImageEditPipeline(_TaskPipeline):
+    """Edit one image, or compose several references, by an instruction (three-way guidance)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: Any,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepCallback | None = None,
+        return_dict: bool = True,
+        **options: Any,
+    ) -> UniPipelineOutput | tuple:
+        """prompt: instruction(s); image: per prompt one image or a list of references. The target grid is
+        the first reference's unless height/width are given. Guidance: ``text_guidance_scale`` and
+        ``image_guidance_scale`` (three-way when the image scale is > 0, simple no-text CFG otherwise)."""
+        prompts = check_prompts(prompt)
+        images = images_per_prompt(image, len(prompts))
+        if any(not group for group in images):
+            raise ValueError("image: editing needs at least one image per prompt")
+        count = check_count(num_images_per_prompt, "num_images_per_prompt")
+        check_output_type(output_type)
+        sampler_options, decoder_options, task_options = self.generation_defaults.options_for("edit", options)
+        text_scale = sampler_options.get("text_guidance_scale", 3.0)
+        image_scale = sampler_options.get("image_guidance_scale", 0.0)
+        guidance = "three_way" if image_scale > 0 else "simple" if text_scale > 0 else "none"
+        if guidance == "simple":
+            # cond + t * (cond - no_text) is simple CFG against the no-text branch (saves a forward pass).
+            sampler_options = {**sampler_options, "guidance_scale": text_scale}
+        stats = StageStats()
+        grids = self.encode_images(images, task_options["image_size"])
+        builder = self.sequence_builder()
+        specs = []
+        for source, instruction in zip(grids, prompts):
+            h, w = self._target_grid(height, width, decoder_options, tuple(source[0].shape))
+            specs.append(
+                self.build_sequences(
+                    lambda s=source, i=instruction, h=h, w=w: builder.edit(
+                        s, i, h, w, cfg=guidance != "none", **_system_prompt(task_options)
+                    ),
+                    "image",
+                )
+            )
+        specs = _repeat(specs, count)
+        generator = generators_for(generator, len(specs))
+        sequences = self.sample(specs, sampler_options, guidance, generator, "image_tokens", stats, callback_on_step_end)
+        out_grids = [self._slot_grids(seq, spec)[0] for seq, spec in zip(sequences, specs)]
+        images_out = self.decode_grids(out_grids, decoder_options, generator, output_type, stats)
+        output = UniPipelineOutput(
+            task="edit",
+            texts=[None] * len(images_out),
+            images=[[image] for image in images_out],
+            parts=[[image] for image in images_out],
+            token_ids=sequences,
+            stats=stats.as_dict(),
+        )
+        return output if return_dict else (images_out,)
