@@ -1,0 +1,162 @@
+"""Samples of every Shapes World task as plain dicts, and the evaluation suite.
+
+Every sample has ``task`` (in TASKS) and ``images`` (input scenes, rendered by the consumer
+with :func:`unimask.shapes.render.render`), plus, by task:
+- ``understanding``: ``kind`` (in language.QUESTION_KINDS), ``question``, ``answer``;
+- ``text_to_image``: ``prompt`` (a caption), ``target`` (Scene);
+- ``editing``: ``kind`` (in language.EDIT_KINDS), ``instruction``, ``target`` (Scene);
+- ``multi_reference_editing``: ``kind`` = ``multi_reference``, two ``images``, ``instruction``,
+  ``target`` (the second image with the object put in);
+- ``interleaved``: ``prompt`` (the request), ``steps``: list of ``{"text": str, "scene": Scene}``.
+Samples are a pure function of the seed. Training samples never show a held-out
+(colour, shape) pair; :func:`evaluation_set` has a split that always does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from unimask.shapes.language import (
+    caption,
+    sample_edit,
+    sample_interleaved,
+    sample_multi_reference,
+    sample_question,
+)
+from unimask.shapes.scene import Scene, sample_scene
+
+TASKS: tuple[str, ...] = ("understanding", "text_to_image", "editing", "multi_reference_editing", "interleaved")
+SPLITS: tuple[str, ...] = ("in_distribution", "held_out")
+
+
+def _understanding(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+    scene = sample_scene(rng, allow_held_out=allow_held_out)
+    question = sample_question(rng, scene)
+    return {"task": "understanding", "kind": question.kind, "images": [scene],
+            "question": question.text, "answer": question.answer}
+
+
+def _text_to_image(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+    scene = sample_scene(rng, allow_held_out=allow_held_out)
+    return {"task": "text_to_image", "images": [], "prompt": caption(scene), "target": scene}
+
+
+def _editing(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+    scene = sample_scene(rng, allow_held_out=allow_held_out)
+    edit = sample_edit(rng, scene, allow_held_out=allow_held_out)
+    return {"task": "editing", "kind": edit.kind, "images": [scene], "instruction": edit.instruction,
+            "target": edit.target}
+
+
+def _multi_reference_editing(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+    first, second, edit = sample_multi_reference(rng, allow_held_out=allow_held_out)
+    return {"task": "multi_reference_editing", "kind": edit.kind, "images": [first, second],
+            "instruction": edit.instruction, "target": edit.target}
+
+
+def _interleaved(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+    request, steps = sample_interleaved(rng, allow_held_out=allow_held_out)
+    return {"task": "interleaved", "images": [], "prompt": request,
+            "steps": [{"text": step.text, "scene": step.scene} for step in steps]}
+
+
+_GENERATORS = {
+    "understanding": _understanding,
+    "text_to_image": _text_to_image,
+    "editing": _editing,
+    "multi_reference_editing": _multi_reference_editing,
+    "interleaved": _interleaved,
+}
+
+
+def sample_task(task: str, rng: random.Random, allow_held_out: bool = False) -> dict[str, Any]:
+    """One sample of ``task`` (in TASKS) drawn from ``rng``; held-out pairs only when allowed."""
+    if task not in _GENERATORS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}")
+    return _GENERATORS[task](rng, allow_held_out)
+
+
+def sample_scenes(sample: dict[str, Any]) -> list[Scene]:
+    """Every scene of a sample: its images, then its target or step scenes."""
+    scenes = list(sample["images"])
+    if "target" in sample:
+        scenes.append(sample["target"])
+    scenes += [step["scene"] for step in sample.get("steps", [])]
+    return scenes
+
+
+def sample_texts(sample: dict[str, Any]) -> list[str]:
+    """Every text of a sample: prompt, question, answer, instruction and step texts."""
+    texts = [sample[key] for key in ("prompt", "question", "answer", "instruction") if key in sample]
+    return texts + [step["text"] for step in sample.get("steps", [])]
+
+
+def training_samples(
+    seed: int, num_samples: int | None = None, tasks: Sequence[str] = TASKS
+) -> Iterator[dict[str, Any]]:
+    """Training samples, tasks drawn uniformly from ``tasks``; endless when ``num_samples`` is None.
+
+    Deterministic given ``seed``; no sample holds a held-out (colour, shape) pair.
+    """
+    unknown = [task for task in tasks if task not in _GENERATORS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks={list(tasks)} must be a non-empty subset of {TASKS}")
+    if num_samples is not None and num_samples < 0:
+        raise ValueError(f"num_samples={num_samples} must be >= 0 or None")
+    rng = random.Random(seed)
+    produced = 0
+    while num_samples is None or produced < num_samples:
+        yield sample_task(rng.choice(tuple(tasks)), rng)
+        produced += 1
+
+
+def _held_out_sample(task: str, rng: random.Random) -> dict[str, Any]:
+    """A sample of ``task`` in which some scene holds a held-out pair (rejection sampling)."""
+    while True:
+        sample = sample_task(task, rng, allow_held_out=True)
+        if any(scene.held_out for scene in sample_scenes(sample)):
+            return sample
+
+
+def evaluation_set(seed: int, n_per_type: int) -> list[dict[str, Any]]:
+    """The evaluation suite: for every task, ``n_per_type`` samples of each split.
+
+    ``split`` is ``in_distribution`` (no held-out pair, like training but from other seeds) or
+    ``held_out`` (some input or target scene holds ``purple triangle`` or ``orange circle``,
+    measuring compositional generalisation). Deterministic given ``seed``; each (task, split)
+    draws from its own seeded stream, so changing ``n_per_type`` extends rather than reshuffles.
+    """
+    if n_per_type < 0:
+        raise ValueError(f"n_per_type={n_per_type} must be >= 0")
+    suite = []
+    for task in TASKS:
+        for split in SPLITS:
+            rng = random.Random(f"shapes-eval-{seed}-{task}-{split}")
+            for _ in range(n_per_type):
+                sample = _held_out_sample(task, rng) if split == "held_out" else sample_task(task, rng)
+                suite.append({**sample, "split": split})
+    return suite
+
+
+def sample_to_json(sample: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-ready copy of ``sample``: Scenes become dicts (``Scene.to_dict``)."""
+    record = dict(sample)
+    record["images"] = [scene.to_dict() for scene in sample["images"]]
+    if "target" in sample:
+        record["target"] = sample["target"].to_dict()
+    if "steps" in sample:
+        record["steps"] = [{"text": step["text"], "scene": step["scene"].to_dict()} for step in sample["steps"]]
+    return record
+
+
+def sample_from_json(record: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`sample_to_json`."""
+    sample = dict(record)
+    sample["images"] = [Scene.from_dict(scene) for scene in record["images"]]
+    if "target" in record:
+        sample["target"] = Scene.from_dict(record["target"])
+    if "steps" in record:
+        sample["steps"] = [{"text": step["text"], "scene": Scene.from_dict(step["scene"])} for step in record["steps"]]
+    return sample
