@@ -79,11 +79,25 @@ def test_official_preset_has_published_values():
     assert "llada2-uni" in available_presets()
     preset = load_preset("llada2-uni")
     assert preset.token_layout == "official"
-    backbone = preset.backbone
+    backbone = preset.component("backbone")
     assert backbone["vocab_size"] == 173568 and backbone["image_token_offset"] == 157184
     assert backbone["num_experts"] == 256 and backbone["num_experts_per_tok"] == 8
     assert backbone["n_group"] == 8 and backbone["topk_group"] == 4
     assert backbone["routed_scaling_factor"] == 2.5 and backbone["first_k_dense_replace"] == 1
+
+
+def test_every_shipped_preset_resolves_its_components():
+    for name in available_presets():
+        preset = load_preset(name)
+        assert preset.component("backbone")["model_type"] == "llada2_moe"
+        assert set(preset.component("decoder")) >= {"sigvq", "transformer", "vae"}
+
+
+def test_unknown_component_preset_fails_early(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nbackbone: no-such-backbone\n")
+    with pytest.raises(ConfigError, match="unknown backbone preset 'no-such-backbone'; available"):
+        load_preset(path)
 
 
 def test_unknown_preset_lists_available():

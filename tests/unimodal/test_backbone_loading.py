@@ -14,6 +14,7 @@ from unimask.unimodal import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from unimask.unimodal.checkpoint_layout import checkpoint_tensor_shapes, official_backbone_shapes
 from unimask.unimodal.configuration_llada2_moe import OFFICIAL_CONFIG_KEYS
 from unimask.unimodal.tiny_checkpoint import write_tiny_official_backbone
+from unimask.presets import read_component_preset
 
 
 def read_all_tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -121,8 +122,7 @@ def test_config_round_trips_and_validates(tmp_path):
 
 @pytest.mark.parametrize("name", ["llada2-uni-16b", "tiny"])
 def test_backbone_presets_are_official_config_dicts(name):
-    path = Path(str(resources.files("unimask.configs"))) / "models" / "backbone" / f"{name}.json"
-    preset = json.loads(path.read_text())
+    preset = read_component_preset("backbone", name)
     assert set(OFFICIAL_CONFIG_KEYS) <= set(preset)
     skip = ("architectures", "model_type", "torch_dtype")
     config = LLaDA2MoeConfig(**{k: v for k, v in preset.items() if k not in skip})

@@ -6,7 +6,7 @@ response token; earlier tokens are the clean prompt). With ``data.token_budget``
 sequences are packed per row and ``document_ids`` keep them apart (packed bidirectional or
 block-diffusion masks, positions restarting per document).
 
-``model``: ``{"preset": "<configs/models/backbone/NAME.json>"}`` plus config.json keys to override.
+``model``: ``{"preset": "<configs/models/backbone/NAME.yaml>"}`` plus config.json keys to override.
 ``stage_options``:
     mask_token_id (int, required), objective ("masked" | "block", default "masked"),
     block_length (int, block objective; default 32) or block_schedule ({warmup_steps,
@@ -17,7 +17,6 @@ block-diffusion masks, positions restarting per document).
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from unimask.config import ConfigError, check_call_kwargs
+from unimask.presets import available_component_presets, read_component_preset
 from unimask.data.packing import pack_documents
 from unimask.training.stages import Stage
 
@@ -33,13 +33,9 @@ __all__ = ["BackboneStage", "available_backbone_presets"]
 _OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight"}
 
 
-def _presets_dir() -> Path:
-    return Path(str(resources.files("unimask.configs"))) / "models" / "backbone"
-
-
 def available_backbone_presets() -> list[str]:
-    """Names of ``configs/models/backbone/*.json``."""
-    return sorted(p.stem for p in _presets_dir().glob("*.json"))
+    """Names of ``configs/models/backbone/*.yaml``."""
+    return available_component_presets("backbone")
 
 
 class BackboneStage(Stage):
@@ -53,10 +49,9 @@ class BackboneStage(Stage):
 
         model = dict(self.recipe.model)
         preset = model.pop("preset", "tiny")
-        path = _presets_dir() / f"{preset}.json"
-        if not path.is_file():
+        if preset not in available_backbone_presets():
             raise ConfigError(f"model.preset: unknown model preset {preset!r} for stage 'backbone'; available: {available_backbone_presets()}")
-        values = {**json.loads(path.read_text()), **model}
+        values = {**read_component_preset("backbone", preset), **model}
         values.pop("architectures", None)
         values.pop("model_type", None)
         check_call_kwargs(LLaDA2MoeConfig.__init__, {k: v for k, v in model.items()}, "model")
