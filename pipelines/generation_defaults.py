@@ -2,7 +2,9 @@
 
 Sampler options use the names of `unimask.unimodal.sampler_config.SamplerConfig` (``steps`` is accepted
 as an alias of ``num_inference_steps``); decoder options are ``decoder`` ("turbo" | "normal"),
-``decoder_steps``, ``decoder_guidance_scale`` and ``resolution_multiplier``; task options are the
+``decoder_steps``, ``decoder_guidance_scale`` and ``resolution_multiplier`` (a defaults file sets step
+counts per variant with ``turbo_decoder_steps`` / ``normal_decoder_steps``, since a count tuned for the
+turbo decoder is wrong for the normal one; a call's ``decoder_steps`` wins); task options are the
 lengths and sizes below. The values without a file are the public LLaDA2.0-Uni examples (reference page
 "Sampler defaults"); guidance scales are zero-based (official cfg_scale 2.0 -> 1.0, cfg_text_scale 4.0
 -> 3.0, see `unimask.unimodal.guidance`).
@@ -29,7 +31,14 @@ TASKS = ("understanding", "chat", "text_to_image", "thinking", "edit", "interlea
 
 SAMPLER_OPTIONS = tuple(field.name for field in dataclasses.fields(SamplerConfig))
 OPTION_ALIASES = {"steps": "num_inference_steps"}
-DECODER_OPTIONS = ("decoder", "decoder_steps", "decoder_guidance_scale", "resolution_multiplier")
+DECODER_OPTIONS = (
+    "decoder",
+    "decoder_steps",
+    "turbo_decoder_steps",
+    "normal_decoder_steps",
+    "decoder_guidance_scale",
+    "resolution_multiplier",
+)
 TASK_OPTIONS = (
     "gen_length",  # masked TEXT positions of an answer (understanding, chat) or of one interleaved round
     "image_grid",  # (h, w) token grid of a generated image when no height/width is given
@@ -147,8 +156,16 @@ class GenerationDefaults:
         sampler = {k: v for k, v in merged.items() if k in SAMPLER_OPTIONS}
         SamplerConfig(**sampler)
         decoder = {k: v for k, v in merged.items() if k in DECODER_OPTIONS}
-        if decoder.get("decoder", "turbo") not in ("turbo", "normal"):
-            raise ValueError(f"decoder={decoder['decoder']!r} is unknown; allowed values are 'turbo' and 'normal'")
+        variant = decoder.get("decoder", "turbo")
+        if variant not in ("turbo", "normal"):
+            raise ValueError(f"decoder={variant!r} is unknown; allowed values are 'turbo' and 'normal'")
+        per_variant_steps = {name: decoder.pop(f"{name}_decoder_steps", None) for name in ("turbo", "normal")}
+        if "decoder_steps" not in overrides:
+            default_variant = {k: v for k, v in merged.items() if k not in overrides}.get("decoder", "turbo")
+            if variant != default_variant:
+                decoder.pop("decoder_steps", None)  # a default count belongs to the default variant
+            if per_variant_steps[variant] is not None:
+                decoder["decoder_steps"] = per_variant_steps[variant]
         task_options = {k: v for k, v in merged.items() if k in TASK_OPTIONS}
         return sampler, decoder, task_options
 
@@ -162,7 +179,8 @@ TINY_GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
         "image_grid": [2, 2],
         "image_size": [32, 32],
         "resolution_multiplier": 1,
-        "decoder_steps": 1,
+        "turbo_decoder_steps": 1,
+        "normal_decoder_steps": 2,
         "thinking_length": 4,
         "thinking_steps": 2,
         "max_images": 3,

@@ -137,3 +137,12 @@ def test_sampler_and_decoder_options_pass_through(pipe):
     assert out.stats["stages"]["decoder"]["steps"] == 2
     sprint = pipe.chat("hello there", use_sprint=True, keep_ratio=0.5, gen_length=16, block_length=8)
     assert sprint.stats["stages"]["text"]["cache_builds"] >= 1
+
+
+def test_normal_decoder_gets_its_own_default_step_count(pipe):
+    """A defaults file tuned for the turbo decoder (1 step) must not starve the normal one (needs >= 2)."""
+    out = pipe.text_to_image("a circle", decoder="normal", output_type="pt")
+    assert out.stats["stages"]["decoder"]["variant"] == "normal"
+    assert out.stats["stages"]["decoder"]["steps"] == 2
+    turbo = pipe.text_to_image("a circle", output_type="pt")
+    assert turbo.stats["stages"]["decoder"]["steps"] == 1
