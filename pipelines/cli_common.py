@@ -10,16 +10,19 @@ from typing import Any
 
 import torch
 
-MODEL_REQUIRED_MESSAGE = (
-    "--model is required: this version of unimask ships no embedded default model yet; pass a checkpoint "
-    "directory (our saved layout or the official LLaDA2.0-Uni layout)"
-)
+from unimask.default_model import DEFAULT_MODEL_NAME
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, images_out: bool) -> None:
     """Add --model, --device, --dtype, --seed, the sampler shortcuts and ``--option KEY=VALUE``."""
-    parser.add_argument("--model", default=None, help="checkpoint directory (our layout or the official one)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_NAME,
+        help=f"checkpoint directory (our layout or the official one); default: {DEFAULT_MODEL_NAME!r}, the "
+        "embedded default model",
+    )
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weight dtype (default: as stored)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (one generator per sample)")
@@ -63,12 +66,11 @@ def parse_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_pipeline(args: argparse.Namespace):
-    """`UniPipeline` from ``--model`` on ``--device`` / ``--dtype``; ValueError when --model is missing."""
-    if not args.model:
-        raise ValueError(MODEL_REQUIRED_MESSAGE)
+    """`UniPipeline` from ``--model`` (a directory, or ``shapes-default``: the embedded default model) on
+    ``--device`` / ``--dtype``; ValueError saying how to build the default model when it is missing."""
     from unimask.pipelines.pipeline_uni import UniPipeline
 
-    pipe = UniPipeline.from_pretrained(args.model, torch_dtype=DTYPES.get(args.dtype), device=args.device)
+    pipe = UniPipeline.from_pretrained(args.model or None, torch_dtype=DTYPES.get(args.dtype), device=args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

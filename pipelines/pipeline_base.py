@@ -21,6 +21,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from unimask.decoders.semantic_decoder import SemanticImageDecoder
+from unimask.default_model import resolve_model_path
 from unimask.pipelines.call_inputs import split_image_batch
 from unimask.pipelines.checkpoint_loading import OFFICIAL_LAYOUT, load_components, load_decoder
 from unimask.pipelines.generation_defaults import GenerationDefaults
@@ -161,7 +162,7 @@ class UniPipelineBase(DiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | Path,
+        pretrained_model_name_or_path: str | Path | None = None,
         torch_dtype: torch.dtype | None = None,
         decoder: str | None = None,
         generation_defaults: dict[str, dict[str, Any]] | None = None,
@@ -169,11 +170,14 @@ class UniPipelineBase(DiffusionPipeline):
     ) -> UniPipelineBase:
         """Load a local checkpoint directory in our layout (``model_index.json``) or the official one.
 
+        pretrained_model_name_or_path: the directory; None or ``"shapes-default"`` loads the shipped
+        default model (`unimask.default_model`; a ``ValueError`` says how to build it when missing).
         torch_dtype: weight dtype (None: as stored). decoder: "turbo" | "normal" | None (see
         `checkpoint_loading.load_components`). generation_defaults: {section: {option: value}} merged over
         the checkpoint's ``generation_defaults.json``. device: move the pipeline there after loading.
         """
-        parts = load_components(pretrained_model_name_or_path, torch_dtype=torch_dtype, decoder=decoder)
+        root = resolve_model_path(pretrained_model_name_or_path)
+        parts = load_components(root, torch_dtype=torch_dtype, decoder=decoder)
         pipe = cls(
             backbone=parts["backbone"],
             text_tokenizer=parts["text_tokenizer"],

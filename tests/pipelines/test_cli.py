@@ -34,9 +34,13 @@ def test_understand_edit_interleave_chat(tiny_root, tmp_path, capsys):
     assert isinstance(payload["text"], str) and payload["stats"]["nfe"]["text"] >= 1
 
 
-def test_missing_model_and_bad_option_are_clear_errors(tmp_path, capsys):
+def test_missing_model_and_bad_option_are_clear_errors(tmp_path, capsys, monkeypatch):
+    from unimask import default_model
+
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
     assert main(["chat", "hello"]) == 2
-    assert "--model is required" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "build_default" in err and "--model" in err
     assert main(["understand", "what?", "--image", str(tmp_path / "missing.png"), "--model", "x"]) == 2
     assert "--image" in capsys.readouterr().err
     assert main(["generate", "a cat", "--model", str(tmp_path)]) == 2
