@@ -23,8 +23,10 @@ BENCHMARKS: dict[str, str] = {
     "moe": "unimask.benchmarks.moe",
     "load": "unimask.benchmarks.load",
     "sampler": "unimask.benchmarks.sampler_nfe",
+    "cache": "unimask.benchmarks.cache",
     "decoder": "unimask.benchmarks.decoder",
     "image_tokenizer": "unimask.benchmarks.image_tokenizer",
+    "train": "unimask.benchmarks.train_mfu",
 }
 
 

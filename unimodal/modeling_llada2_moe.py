@@ -26,13 +26,28 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
 from transformers.integrations import use_experts_implementation
+from transformers.integrations.moe import ExpertsInterface
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .checkpoint_layout import check_official_checkpoint
+from .checkpoint_layout import check_official_checkpoint, read_official_weights_into
 from .configuration_llada2_moe import LLaDA2MoeConfig
 from .kv_cache import PrefixKVCache
-from .moe_routing import expert_load, naive_experts_forward, route_tokens, router_z_loss
+from .moe_routing import (
+    expert_load,
+    naive_experts_forward,
+    route_tokens,
+    router_z_loss,
+    sorted_grouped_experts_forward,
+)
+
+# from_pretrained keywords the streamed CPU loader handles; any other goes through transformers' loader.
+_STREAMED_LOAD_KWARGS = frozenset({"config", "dtype"})
+
+# transformers' experts interface with "grouped_mm" replaced locally (the global registry is untouched):
+# on CPU the combine step scatter-adds instead of un-permuting (see moe_routing.py).
+LLADA2_EXPERTS_FUNCTIONS = ExpertsInterface()
+LLADA2_EXPERTS_FUNCTIONS["grouped_mm"] = sorted_grouped_experts_forward
 
 
 class LLaDA2MoeRMSNorm(nn.Module):
@@ -172,12 +187,13 @@ class LLaDA2MoeMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
 
 
-@use_experts_implementation
+@use_experts_implementation(experts_interface=LLADA2_EXPERTS_FUNCTIONS)
 class LLaDA2MoeExperts(nn.Module):
     """The routed SwiGLU experts, stored stacked.
 
     ``forward`` dispatches on ``config._experts_implementation`` (transformers' experts interface):
-    "grouped_mm" (default: tokens sorted by expert, two grouped matmuls), "batched_mm", or
+    "grouped_mm" (default: tokens sorted by expert, two grouped matmuls; on CPU
+    `sorted_grouped_experts_forward`), "batched_mm", or
     "eager" (the per-expert reference loop below).
     """
 
@@ -465,6 +481,11 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
             else:
                 config_dict = json.loads((directory / "config.json").read_text())
             check_official_checkpoint(directory, config_dict)
+            if not model_args and set(kwargs) <= _STREAMED_LOAD_KWARGS:
+                model = cls._streamed_from_directory(directory, kwargs.get("config"), kwargs.get("dtype"))
+                if model is not None:
+                    info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+                    return (model, info) if want_info else model
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
@@ -478,6 +499,29 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
             details = "; ".join(f"{kind} keys: {keys}" for kind, keys in problems.items() if keys)
             raise ValueError(f"checkpoint at {pretrained_model_name_or_path} does not match {cls.__name__}: {details}")
         return (model, info) if want_info else model
+
+    @classmethod
+    def _streamed_from_directory(cls, directory: Path, config, dtype) -> "LLaDA2MoeModelLM | None":
+        """Load a local official-layout checkpoint on CPU by reading each tensor into its allocated
+        parameter (`read_official_weights_into`): peak memory about one model, where transformers'
+        loader holds the mapped shards and the stacked experts at once. Returns None (the caller then
+        uses transformers' loader) for a dtype it does not handle or tied embeddings."""
+        if not isinstance(config, PretrainedConfig):
+            config = LLaDA2MoeConfig.from_pretrained(directory)
+        if dtype in (None, "auto"):
+            dtype = getattr(config, "dtype", None) or torch.float32
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or config.tie_word_embeddings:
+            return None
+        with torch.device("meta"):
+            model = cls(config).to(dtype)
+        model = model.to_empty(device="cpu")
+        read_official_weights_into(model, directory)
+        # Not stored in checkpoints; float32 whatever the weights' dtype, as the module builds it.
+        model.model.rotary_emb.inv_freq = model.model.rotary_emb.compute_inv_freq()
+        model.config.dtype = dtype
+        return model.eval()
 
     def forward(
         self,

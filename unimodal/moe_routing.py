@@ -11,9 +11,13 @@ Load balancing is the auxiliary-loss-free scheme of the reference training recip
 ``moe_router_enable_expert_bias``): after each step the bias of an under-loaded expert goes up
 and that of an over-loaded expert goes down by a fixed rate (`update_expert_bias`).
 
-The grouped (sorted, grouped-matmul) dispatch lives in transformers
-(``transformers.integrations.moe``); `naive_experts_forward` is the per-expert loop it is tested
-and benchmarked against.
+The grouped dispatch (tokens sorted by expert, two grouped matmuls) is transformers'
+``grouped_mm_experts_forward`` (``transformers.integrations.moe``) on accelerators; on CPU
+`sorted_grouped_experts_forward` runs the same grouped matmuls but scales the (S, intermediate)
+activations by the routing weights and adds the expert outputs straight into the (tokens, hidden) result
+with ``index_add_``, instead of un-permuting the (S, hidden) outputs and summing over top-k (measured in
+``benchmarks/moe.py``: that copy cost as much as a grouped matmul on CPU). `naive_experts_forward` is
+the per-expert loop both are tested and benchmarked against.
 """
 
 from __future__ import annotations
@@ -168,11 +172,53 @@ def naive_experts_forward(
     return output.to(hidden_states.dtype)
 
 
+def sorted_grouped_experts_forward(
+    experts: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Grouped-matmul expert dispatch with a scatter-add combine (the "grouped_mm" implementation on CPU).
+
+    Args:
+        experts: the experts module (``gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I), ``act_fn``,
+            ``num_experts``), as passed by transformers' experts interface.
+        hidden_states: (tokens, hidden) input.
+        top_k_index: (tokens, top_k) int64 expert indices.
+        top_k_weights: (tokens, top_k) float mixing weights.
+
+    Returns:
+        (tokens, hidden) in the dtype of ``hidden_states``, equal to `naive_experts_forward` up to
+        summation order. On a non-CPU device this is transformers' ``grouped_mm_experts_forward``
+        (``index_add_`` uses atomics there, which are not deterministic).
+    """
+    from transformers.integrations.moe import _grouped_mm, grouped_mm_experts_forward
+
+    if hidden_states.device.type != "cpu":
+        return grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights)
+    num_top_k = top_k_index.shape[-1]
+    gate_up_proj, down_proj = experts.gate_up_proj, experts.down_proj
+    expert_ids, order = torch.sort(top_k_index.reshape(-1), stable=True)
+    token_of_row = order // num_top_k
+    offsets = torch.cumsum(torch.bincount(expert_ids, minlength=experts.num_experts), 0).to(torch.int32)
+    gate_up = _grouped_mm(hidden_states[token_of_row], gate_up_proj.transpose(-2, -1), offsets)
+    gate, up = gate_up.chunk(2, dim=-1)
+    accum_dtype = torch.promote_types(hidden_states.dtype, top_k_weights.dtype)
+    # Scaling the narrow (S, I) activations is cheaper than scaling the (S, H) outputs.
+    row_weights = top_k_weights.reshape(-1)[order].to(gate_up.dtype)
+    activations = experts.act_fn(gate) * up * row_weights.unsqueeze(-1)
+    expert_out = _grouped_mm(activations, down_proj.transpose(-2, -1), offsets)
+    output = torch.zeros(hidden_states.shape, dtype=accum_dtype, device=hidden_states.device)
+    output = output.index_add(0, token_of_row, expert_out.to(accum_dtype))
+    return output.to(hidden_states.dtype)
+
+
 __all__ = [
     "expert_load",
     "group_limited_topk",
     "naive_experts_forward",
     "route_tokens",
     "router_z_loss",
+    "sorted_grouped_experts_forward",
     "update_expert_bias",
 ]
