@@ -28,6 +28,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 REFERENCE_TIME_SHIFT = 6.0
 NORMAL_STEPS = 50
 TURBO_STEPS = 8
+# Far above any useful schedule (the reference uses 50); bounds the cost of one call.
+MAX_STEPS = 1000
 
 
 def shift_data_time(t: np.ndarray, shift: float = REFERENCE_TIME_SHIFT) -> np.ndarray:
@@ -57,9 +59,10 @@ def reference_sigmas(num_inference_steps: int, stochastic: bool) -> list[float]:
     stochastic=True (re-noising): 1 - linspace(0, 1, n + 1)[:-1], i.e. n evaluations, n >= 1.
     """
     minimum = 1 if stochastic else 2
-    if not isinstance(num_inference_steps, int) or num_inference_steps < minimum:
+    is_int = isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool)
+    if not is_int or not minimum <= num_inference_steps <= MAX_STEPS:
         raise ValueError(
-            f"num_inference_steps must be an int >= {minimum} for the "
+            f"num_inference_steps must be an int >= {minimum} (and <= {MAX_STEPS}) for the "
             f"{'re-noising' if stochastic else 'ODE'} sampler, got {num_inference_steps!r}"
         )
     points = num_inference_steps + 1 if stochastic else num_inference_steps

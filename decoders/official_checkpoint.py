@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ZImageTransformer2DModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from unimask.decoders.strict_loading import load_state_dict_strict
@@ -32,15 +33,42 @@ def read_folder_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     for name in WEIGHT_FILE_NAMES:
         if (folder / name).is_file():
-            return load_file(str(folder / name))
+            return _load_safetensors(folder / name)
     for name in INDEX_FILE_NAMES:
         if (folder / name).is_file():
-            weight_map = json.loads((folder / name).read_text())["weight_map"]
+            weight_map = _read_json_object(folder / name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{folder / name} has no 'weight_map' object")
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
-                state.update(load_file(str(folder / shard)))
+                shard_path = folder / shard
+                if not isinstance(shard, str) or shard_path.resolve().parent != folder.resolve():
+                    raise ValueError(f"{folder / name} names shard {shard!r} outside its folder")
+                if not shard_path.is_file():
+                    raise FileNotFoundError(f"{folder / name} names shard {shard!r}, which is missing")
+                state.update(_load_safetensors(shard_path))
             return state
     raise FileNotFoundError(f"no safetensors weights ({', '.join(WEIGHT_FILE_NAMES)}) in {folder}")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """`load_file` with a `ValueError` naming the file for truncated, corrupt or non-safetensors data
+    (pickled weights are never read)."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+
+
+def _read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; `ValueError` naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_folder_config(folder: str | Path) -> dict:
@@ -48,7 +76,7 @@ def read_folder_config(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"missing {path}")
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    return {k: v for k, v in _read_json_object(path).items() if not k.startswith("_")}
 
 
 def remap_official_transformer_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,8 +92,11 @@ def remap_official_transformer_keys(state: dict[str, torch.Tensor]) -> dict[str,
 
 
 def _build_strict(model_class, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype | None):
-    with torch.device("meta"):
-        model = model_class.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = model_class.from_config(config)
+    except (TypeError, ValueError, KeyError) as error:  # wrong-typed or inconsistent config values
+        raise ValueError(f"{model_class.__name__}: config.json has invalid values: {error}") from error
     load_state_dict_strict(model, state)
     if dtype is not None:
         model = model.to(dtype)

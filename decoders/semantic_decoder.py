@@ -8,6 +8,7 @@ Euler ODE with norm-clipped guidance) and "turbo" (distilled, 8 re-noising steps
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ TOKEN_PIXELS = 16  # one semantic token per 16 x 16 input pixels
 VARIANT_DEFAULTS = {"normal": (NORMAL_STEPS, 1.0), "turbo": (TURBO_STEPS, 0.0)}
 PREVIEW_STEPS = {"normal": 3, "turbo": 2}
 OUTPUT_TYPES = ("pil", "np", "pt")
+MAX_RESOLUTION_MULTIPLIER = 8
+# Largest decoded side in pixels: bounds the latent and VAE memory of one call (official outputs are
+# at most about 2048 px).
+MAX_OUTPUT_SIDE = 8192
 
 
 @dataclass
@@ -148,7 +153,10 @@ class SemanticImageDecoder(DiffusionPipeline):
         if variant not in (None, "turbo", "normal"):
             raise ValueError(f"variant must be 'turbo', 'normal' or None, got {variant!r}")
         if (root / "model_index.json").is_file():
-            saved_variant = json.loads((root / "model_index.json").read_text()).get("decoder_variant", "turbo")
+            try:
+                saved_variant = json.loads((root / "model_index.json").read_text()).get("decoder_variant", "turbo")
+            except (json.JSONDecodeError, AttributeError) as error:
+                raise ValueError(f"{root / 'model_index.json'} is not a valid JSON object: {error}") from error
             if variant is not None and variant != saved_variant:
                 raise ValueError(f"{root} holds the {saved_variant!r} decoder, not {variant!r}")
             sigvq_path = root / "sigvq" / "diffusion_pytorch_model.safetensors"
@@ -161,6 +169,8 @@ class SemanticImageDecoder(DiffusionPipeline):
             sigvq_path = root / "image_tokenizer" / "sigvq_embedding.pt"
             if not sigvq_path.is_file():
                 sigvq_path = sigvq_path.with_suffix(".safetensors")
+            if not sigvq_path.is_file():
+                raise FileNotFoundError(f"missing {root / 'image_tokenizer' / 'sigvq_embedding.pt'} (or .safetensors)")
             sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path))
             folder = root / ("decoder-turbo" if variant == "turbo" else "decoder")
             transformer = load_official_transformer(folder, sigvq.config.inner_dim, torch_dtype)
@@ -192,10 +202,21 @@ class SemanticImageDecoder(DiffusionPipeline):
         """Raise `ValueError` for arguments outside their allowed ranges."""
         stochastic = self.scheduler.config.stochastic_sampling
         reference_sigmas(num_inference_steps, stochastic)  # validates the step count
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
-        if not isinstance(resolution_multiplier, int) or resolution_multiplier <= 0:
-            raise ValueError(f"resolution_multiplier must be an int >= 1, got {resolution_multiplier!r}")
+        if (
+            not isinstance(guidance_scale, (int, float))
+            or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if (
+            not isinstance(resolution_multiplier, int)
+            or isinstance(resolution_multiplier, bool)
+            or not 1 <= resolution_multiplier <= MAX_RESOLUTION_MULTIPLIER
+        ):
+            raise ValueError(
+                f"resolution_multiplier must be an int in [1, {MAX_RESOLUTION_MULTIPLIER}], got {resolution_multiplier!r}"
+            )
         latent_per_token = TOKEN_PIXELS * resolution_multiplier / vae_downsampling_factor(self.vae)
         patch = self.transformer.config.all_patch_size[0]
         if latent_per_token != int(latent_per_token) or int(latent_per_token) % patch:
@@ -249,12 +270,21 @@ class SemanticImageDecoder(DiffusionPipeline):
         generator: one generator, or one per grid (then a batch decodes exactly like one grid at a
         time with the same generators). callback(step, data_time, latents) runs after each step
         (steps restart at 0 for each group of equal-size grids).
+        Limits (`ValueError` past them): num_inference_steps <= 1000, resolution_multiplier in [1, 8],
+        each decoded side <= 8192 px, guidance_scale finite and >= 0.
         """
         default_steps, default_guidance = self.defaults
         steps = default_steps if num_inference_steps is None else num_inference_steps
         guidance = default_guidance if guidance_scale is None else guidance_scale
         self.check_inputs(steps, guidance, resolution_multiplier, output_type)
         grids = prepare_token_grids(token_grids, grid_sizes, self.sigvq.config.vocab_size)
+        for index, grid in enumerate(grids):
+            out_h, out_w = self.output_size(grid.shape[0], grid.shape[1], resolution_multiplier)
+            if max(out_h, out_w) > MAX_OUTPUT_SIDE:
+                raise ValueError(
+                    f"token grid {index} of {tuple(grid.shape)} at resolution_multiplier {resolution_multiplier} "
+                    f"decodes to {out_h} x {out_w} pixels; each side must be <= {MAX_OUTPUT_SIDE}"
+                )
         if isinstance(generator, list) and len(generator) != len(grids):
             raise ValueError(f"generator list has {len(generator)} entries for {len(grids)} token grids")
 

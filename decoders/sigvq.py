@@ -8,6 +8,8 @@ official ones, so `image_tokenizer/sigvq_embedding.pt` loads into it strictly.
 
 from __future__ import annotations
 
+import pickle
+
 from pathlib import Path
 
 import torch
@@ -67,11 +69,23 @@ def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read SigVQ weights from the official `sigvq_embedding.pt` (a plain state dict, read with
     `torch.load(weights_only=True)`) or from a safetensors file. Returns name -> tensor."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing SigVQ weights {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{path} is refused: it is not a plain state dict of tensors readable with weights_only=True "
+            f"(truncated, or holds arbitrary pickled objects): {str(error).splitlines()[0]}"
+        ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a flat state dict of tensors")
     return state

@@ -15,18 +15,22 @@ normalised pixel tensors whose sides are multiples of the token size (16 px: one
 
 Pixels are resized with PIL's bicubic filter on 8-bit RGB (as the official code does), rescaled by
 1/255 and normalised with the CLIP mean and std. RGBA and other images with transparency are
-composited on white.
+composited on white. PIL images are turned upright by their EXIF orientation tag first; of an
+animated image (GIF, APNG, WebP) only the first frame is used. ``open_image`` reads a file or bytes
+with the size limits checked from the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 TOKEN_PIXELS = 16
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,6 +47,7 @@ ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 TargetSize = Union[None, str, tuple[int, int]]
 
 _PIL_TO_RGB_MODES = {"RGB", "CMYK", "YCbCr", "LAB", "HSV", "L", "1"}
+_EXIF_ORIENTATION_TAG = 0x0112
 
 
 @dataclass(frozen=True)
@@ -218,11 +223,66 @@ def _high_bit_depth_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
+def open_image(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
+    """Read one image file (a path, its bytes or a binary file object) safely -> a loaded PIL image.
+
+    The size limits of ``check_image_size`` (including the 64 Mpx decompression-bomb guard) are
+    checked from the file header before any pixel is decoded; an animated image gives its first
+    frame; the EXIF orientation is applied. Unreadable, truncated or corrupt data, and images PIL
+    itself refuses as decompression bombs, raise ``ValueError`` naming the source.
+    """
+    name = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else repr(getattr(source, "name", source))
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        with Image.open(stream) as image:
+            width, height = image.size
+            check_image_size(height, width)
+            image.seek(0)
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {name} is refused by PIL's decompression-bomb guard: {error}") from error
+    except (OSError, SyntaxError, EOFError) as error:  # PIL reports bad data with these
+        raise ValueError(f"image {name} cannot be read (unreadable, truncated or corrupt): {error}") from error
+
+
+def _decode_pixels(image: Image.Image) -> None:
+    """Decode a lazily opened PIL image now, so bad data surfaces as ``ValueError``."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, EOFError) as error:
+        raise ValueError(f"image data cannot be decoded (truncated or corrupt file?): {error}") from error
+
+
+def _upright_first_frame(image: Image.Image) -> Image.Image:
+    """The first frame of ``image`` turned upright by its EXIF orientation tag (the caller's image is
+    left as it was: its frame position is restored)."""
+    position = image.tell() if getattr(image, "is_animated", False) else 0
+    if position:
+        image.seek(0)
+    try:
+        _decode_pixels(image)
+        frame = image.copy() if position else image
+        if image.getexif().get(_EXIF_ORIENTATION_TAG, 1) != 1:
+            frame = ImageOps.exif_transpose(frame)
+    finally:
+        if position:
+            image.seek(position)
+    return frame
+
+
 def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any-mode PIL image -> (H, W, 3) uint8 RGB; transparency is composited on white."""
+    """Any-mode PIL image -> (H, W, 3) uint8 RGB; transparency is composited on white. Truncated or
+    corrupt image data (a lazily opened file) raises ``ValueError``."""
+    _decode_pixels(image)
+    if image.mode == "La":  # premultiplied alpha: PIL only converts it to LA
+        image = image.convert("LA")
     mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return _composite_on_white(np.asarray(image.convert("RGBA")))
+        try:
+            return _composite_on_white(np.asarray(image.convert("RGBA")))
+        except (ValueError, OSError) as error:
+            raise ValueError(f"PIL image mode {mode!r} cannot be converted to RGB: {error}") from error
     if mode in ("I", "F") or mode.startswith("I;16"):
         grey = np.asarray(image)
         if mode == "F":
@@ -297,13 +357,16 @@ def split_batch(images) -> list:
 
 
 def to_rgb_uint8(image: ImageInput) -> np.ndarray:
-    """One image (PIL any mode; numpy HWC/CHW/HW; tensor CHW/HWC/HW; uint8, integer, bool or float in
-    [0, 1]) -> (H, W, 3) uint8 RGB, after checking its size against the documented limits."""
+    """One image (PIL any mode; numpy HWC/CHW/HW; tensor CHW/HWC/HW on any device with data; uint8,
+    integer, bool or float in [0, 1]) -> (H, W, 3) uint8 RGB, after checking its size against the
+    documented limits. PIL images: first frame, EXIF orientation applied."""
     if isinstance(image, Image.Image):
         width, height = image.size
         check_image_size(height, width)
-        return pil_to_rgb_array(image)
+        return pil_to_rgb_array(_upright_first_frame(image))
     if isinstance(image, torch.Tensor):
+        if image.device.type == "meta":
+            raise ValueError(f"image tensor of shape {tuple(image.shape)} is on the meta device and holds no data")
         array = image.detach().cpu()
         if array.dtype == torch.bfloat16 or array.dtype == torch.float16:
             array = array.float()

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GlmImageVisionConfig, GlmImageVisionModel, GlmImageVQVAE, GlmImageVQVAEConfig
@@ -79,13 +81,21 @@ class ImagePreprocessorConfig:
     @classmethod
     def from_json_dict(cls, values: dict) -> "ImagePreprocessorConfig":
         """Read the fields from a parsed ``preprocessor_config.json`` (defaults for absent keys)."""
-        return cls(
+        config = cls(
             patch_size=int(values.get("patch_size", TOKEN_PIXELS)),
             temporal_patch_size=int(values.get("temporal_patch_size", 1)),
             merge_size=int(values.get("merge_size", 1)),
             image_mean=tuple(float(v) for v in values.get("image_mean", CLIP_MEAN)),
             image_std=tuple(float(v) for v in values.get("image_std", CLIP_STD)),
         )
+        for name in ("patch_size", "temporal_patch_size", "merge_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        if len(config.image_mean) != 3 or len(config.image_std) != 3 or min(config.image_std) <= 0:
+            raise ValueError(
+                f"image_mean and image_std need 3 values each, std > 0; got {config.image_mean}, {config.image_std}"
+            )
+        return config
 
     def to_json_dict(self) -> dict:
         """A complete ``preprocessor_config.json`` that ``Qwen2VLImageProcessor.from_pretrained`` reads."""
@@ -171,6 +181,17 @@ def quantize_features(vqmodel: GlmImageVQVAE, features: torch.Tensor) -> torch.T
     return ids.view(batch, height, width)
 
 
+def _read_json_object(path: Path) -> dict:
+    """The JSON object in file ``path``; ValueError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 class SigLIPVQTokenizer(nn.Module):
     """Images -> semantic token ids. Holds ``visual`` (GlmImageVisionModel) and ``vqmodel``
     (GlmImageVQVAE), the preprocessing settings and a default size policy (a name in
@@ -236,13 +257,19 @@ class SigLIPVQTokenizer(nn.Module):
             folder = folder / "image_tokenizer"
         if not (folder / CONFIG_NAME).is_file():
             raise ValueError(f"path {str(path)!r} has no {CONFIG_NAME} (nor image_tokenizer/{CONFIG_NAME})")
-        raw = json.loads((folder / CONFIG_NAME).read_text())
+        raw = _read_json_object(folder / CONFIG_NAME)
         if "vision_config" not in raw or "vq_config" not in raw:
             raise ValueError(f"{folder / CONFIG_NAME} must contain 'vision_config' and 'vq_config', has {sorted(raw)}")
+        for name in ("vision_config", "vq_config"):
+            if not isinstance(raw[name], dict):
+                raise ValueError(f"{folder / CONFIG_NAME}: {name!r} must be an object, got {type(raw[name]).__name__}")
         preprocessor = ImagePreprocessorConfig()
         if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
-            preprocessor_json = json.loads((folder / PREPROCESSOR_CONFIG_NAME).read_text())
-            preprocessor = ImagePreprocessorConfig.from_json_dict(preprocessor_json)
+            preprocessor_json = _read_json_object(folder / PREPROCESSOR_CONFIG_NAME)
+            try:
+                preprocessor = ImagePreprocessorConfig.from_json_dict(preprocessor_json)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{folder / PREPROCESSOR_CONFIG_NAME} is invalid: {error}") from error
 
         weight_files = [folder / WEIGHTS_NAME]
         if not weight_files[0].is_file():
@@ -251,10 +278,19 @@ class SigLIPVQTokenizer(nn.Module):
             raise ValueError(f"no {WEIGHTS_NAME} (or other *.safetensors) in {folder}")
         state: dict[str, torch.Tensor] = {}
         for weight_file in weight_files:
-            state.update(load_file(str(weight_file)))
+            try:
+                state.update(load_file(str(weight_file)))
+            except (SafetensorError, OSError) as error:
+                raise ValueError(
+                    f"{weight_file} is not a readable safetensors file (truncated, corrupt or another format; "
+                    f"pickled weights are never loaded): {error}"
+                ) from error
 
-        with torch.device("meta"):
-            tokenizer = cls.from_config(raw["vision_config"], raw["vq_config"], preprocessor, size_policy)
+        try:
+            with torch.device("meta"):
+                tokenizer = cls.from_config(raw["vision_config"], raw["vq_config"], preprocessor, size_policy)
+        except (StrictDataclassError, TypeError, ValueError) as error:
+            raise ValueError(f"{folder / CONFIG_NAME} holds an invalid vision_config or vq_config: {error}") from error
         tokenizer.load_official_state_dict(state)
         return tokenizer.to(device=device, dtype=dtype).eval()
 

@@ -201,7 +201,22 @@ class SequenceBuilder:
 
     # ------------------------------------------------------------------ pieces
 
+    @staticmethod
+    def _check_text(name: str, text: str) -> None:
+        """Raise ValueError unless ``text`` is a ``str`` that encodes to UTF-8 (no lone surrogates)."""
+        if not isinstance(text, str):
+            hint = " (decode bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
+            raise ValueError(f"{name} must be a str, got {type(text).__name__}{hint}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{name} is not valid Unicode: {error.reason} at position {error.start} "
+                f"({text[error.start:error.end]!r}); it cannot be encoded as UTF-8"
+            ) from None
+
     def _text(self, writer: _SequenceWriter, text: str) -> None:
+        self._check_text("text", text)
         ids = encode_plain(self.tokenizer, text)
         bad = [i for i in ids if not 0 <= i < self.layout.text_vocab_size]
         if bad:
@@ -211,6 +226,7 @@ class SequenceBuilder:
         writer.given(ids)
 
     def _system(self, writer: _SequenceWriter, system_prompt: str) -> None:
+        self._check_text("system_prompt", system_prompt)
         writer.given(self.layout.role_system_ids)
         self._text(writer, f" {system_prompt} ")
 
@@ -261,6 +277,8 @@ class SequenceBuilder:
         if not messages:
             raise ValueError("messages must not be empty")
         self._check_count("answer_length", answer_length)
+        for index, message in enumerate(messages):
+            self._check_text(f"messages[{index}].text", message.text)
         writer = _SequenceWriter(self.layout)
         self._system(writer, system_prompt)
         for message in messages:
@@ -281,6 +299,7 @@ class SequenceBuilder:
         """Prompt -> an ``h x w`` grid: the assistant turn is the image header, ``h * w`` IMAGE
         masks and ``<|/image|>``. With ``cfg`` the unconditional input replaces the prompt by
         ``<uncondition>``."""
+        self._check_text("prompt", prompt)
         self._check_grid_side("h", h)
         self._check_grid_side("w", w)
 
@@ -310,6 +329,7 @@ class SequenceBuilder:
         """
         if self.layout.think_start_id is None or self.layout.think_end_id is None:
             raise ValueError("thinking needs <think> and </think>, and this token layout lacks them")
+        self._check_text("prompt", prompt)
         self._check_grid_side("h", h)
         self._check_grid_side("w", w)
         self._check_count("thinking_length", thinking_length)
@@ -348,6 +368,7 @@ class SequenceBuilder:
         """
         if not source_images:
             raise ValueError("source_images must hold at least one image grid")
+        self._check_text("instruction", instruction)
         self._check_grid_side("h", h)
         self._check_grid_side("w", w)
         grids = [as_image_grid(grid, self.layout.codebook_size) for grid in source_images]
@@ -372,6 +393,7 @@ class SequenceBuilder:
         """Interleaved output: a TEXT span of ``text_length`` masks after the assistant tag. The
         model opens an image itself by generating ``<|image|> h w <boi>``; continue with
         :meth:`continue_after_image_open`."""
+        self._check_text("prompt", prompt)
         self._check_count("text_length", text_length)
         writer = _SequenceWriter(self.layout)
         self._system(writer, system_prompt)

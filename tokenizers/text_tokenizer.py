@@ -85,4 +85,10 @@ def load_text_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     ``tokenizer_config.json``) without running remote code."""
     if not os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
         raise ValueError(f"path={os.fspath(path)!r} has no {TOKENIZER_FILE}")
-    return PreTrainedTokenizerFast.from_pretrained(os.fspath(path), clean_up_tokenization_spaces=False)
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(os.fspath(path), clean_up_tokenization_spaces=False)
+    except Exception as error:  # the Rust tokenizer raises plain Exception for a malformed file
+        raise ValueError(
+            f"{os.path.join(os.fspath(path), TOKENIZER_FILE)} (or tokenizer_config.json) is not a valid tokenizer "
+            f"file: {type(error).__name__}: {error}"
+        ) from error

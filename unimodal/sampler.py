@@ -267,7 +267,8 @@ class MaskedDiffusionSampler:
         generator: `torch.Generator` or one per row. callback_on_step_end(step_index within the block,
         block_index, sequences (B, L)) runs after every step; in-place edits of `sequences` are kept.
         config / config_overrides: options (see `SamplerConfig`), defaulting to the sampler's config.
-        Returns `SamplerOutput(sequences (B, L) int64, stats)`.
+        Returns `SamplerOutput(sequences (B, L) int64, stats)`. Raises `ValueError` for bad inputs or
+        options and `FloatingPointError` when the model's logits hold NaN or +inf.
         """
         started = time.perf_counter()
         config = (config or self.config).replace(**config_overrides) if config_overrides else (config or self.config)
@@ -344,6 +345,12 @@ class MaskedDiffusionSampler:
                 stats.nfe += n_branches
 
                 logits = self._constrain(self._guide(block_logits, n_branches, config), kinds[:, start:end])
+                if torch.isnan(logits).any() or torch.isposinf(logits).any():
+                    # Committing argmax/samples of NaN logits would silently return garbage tokens.
+                    raise FloatingPointError(
+                        f"the model returned non-finite logits (NaN or +inf) in block {block_index}, step "
+                        f"{step_index}; no tokens were committed from them (check the weights and the dtype)"
+                    )
                 candidates, probs = sample_candidates(
                     logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                     generator=generator, active=masked,

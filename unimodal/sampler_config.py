@@ -11,8 +11,11 @@ SPRINT names otherwise (`use_sprint`, `keep_ratio`, `text_keep_ratio`, `image_ke
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
@@ -68,11 +71,24 @@ class SamplerConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ValueError` for any option outside its allowed values."""
+        """Raise `ValueError` for any option outside its allowed values (wrong types, NaN and inf included)."""
         for name in ("block_length", "num_inference_steps", "minimal_topk", "cache_warmup_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if self.top_k is not None and not _is_int(self.top_k):
+            raise ValueError(f"`top_k` must be None or an integer >= 1, got {self.top_k!r}.")
+        for name in ("eos_early_stop", "use_sprint"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        for name in (
+            "threshold", "temperature", "top_p", "guidance_scale", "text_guidance_scale", "image_guidance_scale",
+            "guidance_rescale", "keep_ratio", "text_keep_ratio", "image_keep_ratio", "confidence_alpha",
+        ):
+            value = getattr(self, name)
+            optional = name in ("top_p", "text_keep_ratio", "image_keep_ratio")
+            if not (value is None and optional) and not _is_finite_number(value):
+                raise ValueError(f"`{name}` must be a finite number{' or None' if optional else ''}, got {value!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.remasking not in REMASKING_STRATEGIES:
@@ -119,9 +135,19 @@ class SamplerConfig:
         return self.keep_ratio if self.image_keep_ratio is None else self.image_keep_ratio
 
 
+def _is_int(value) -> bool:
+    """An int (numpy ints too) that is not a bool (`True` would otherwise pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite_number(value) -> bool:
+    """A finite real number (numpy scalars too) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
 def check_gen_length(gen_length: int, block_length: int) -> None:
     """Raise `ValueError` unless gen_length >= 1 and gen_length % block_length == 0."""
-    if not isinstance(gen_length, int) or gen_length < 1 or gen_length % block_length != 0:
+    if not _is_int(gen_length) or gen_length < 1 or gen_length % block_length != 0:
         raise ValueError(
             f"`gen_length` must be a positive multiple of `block_length`={block_length}, got {gen_length!r}."
         )

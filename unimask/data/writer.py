@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import webdataset as wds
-from PIL import Image
+from PIL import Image, ImageOps
 
 from unimask.data.shard_format import encode_record
+from unimask.tokenizers.image_preprocessing import MAX_INPUT_PIXELS
 
 __all__ = [
     "GENERATORS",
@@ -37,6 +38,26 @@ GENERATORS: dict[str, str] = {
     "shapes": "unimask.shapes.tasks:iter_samples",
     "toy": "unimask.training.stage_toy:toy_regression_samples",
 }
+
+
+def _read_rgb_image(path: Path, where: str) -> Image.Image:
+    """Decode the image file ``path`` as upright (EXIF orientation applied) RGB.
+
+    Raises:
+        ValueError: naming ``where`` and the file, for unreadable, truncated or corrupt data and for
+            images over the 64 Mpx decompression-bomb limit (checked from the header, before decoding).
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_INPUT_PIXELS:
+                raise ValueError(
+                    f"{width} x {height} pixels exceed the limit of {MAX_INPUT_PIXELS} (decompression-bomb guard)"
+                )
+            image.seek(0)
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{where}: image {str(path)!r} cannot be used: {err}") from None
 
 
 def _finish_shard(temp_name: str) -> None:
@@ -127,8 +148,7 @@ def samples_from_image_folder(folder: str | Path, *, task: str = "caption") -> I
         if not caption_path.is_file():
             logger.warning("skipping %s: no caption file %s", path, caption_path.name)
             continue
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
+        rgb = _read_rgb_image(path, f"image folder {str(folder)!r}")
         caption = caption_path.read_text(encoding="utf-8").strip()
         yield {"__key__": f"{index:08d}", "json": {"task": task, "caption": caption, "source": path.name}, "images": [rgb]}
         index += 1
@@ -142,7 +162,8 @@ def samples_from_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     ``images`` and ``key`` goes to the sample's ``json``.
 
     Raises:
-        ValueError: the file is missing, or a line (named by number) is not a valid object.
+        ValueError: the file is missing, or a line (named by number) is not a valid object or names a
+            missing, unreadable or over-limit image.
     """
     path = Path(path)
     if not path.is_file():
@@ -164,8 +185,7 @@ def samples_from_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 full = Path(image_path) if os.path.isabs(image_path) else path.parent / image_path
                 if not full.is_file():
                     raise ValueError(f"{path}:{line_number}: image {str(full)!r} does not exist")
-                with Image.open(full) as image:
-                    images.append(image.convert("RGB"))
+                images.append(_read_rgb_image(full, f"{path}:{line_number}"))
             item.setdefault("n_images", len(images))
             yield {"__key__": key, "json": item, "images": images}
 

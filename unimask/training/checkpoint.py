@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from unimask.training.distributed import DistContext, all_reduce_sum, barrier
@@ -219,7 +221,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         CheckpointError: the checkpoint was written by another world size, or a file is missing.
     """
     path = Path(path)
-    info = json.loads((path / "trainer.json").read_text())
+    try:
+        info = json.loads((path / "trainer.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path}: trainer.json cannot be read ({err})") from err
+    if not isinstance(info, dict):
+        raise CheckpointError(f"checkpoint {path}: trainer.json must hold a JSON object")
     if info.get("world_size") != context.world_size:
         raise CheckpointError(
             f"checkpoint {path} was written by {info.get('world_size')} process(es); resume it with the same number (now {context.world_size})"
@@ -229,9 +236,18 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         raise CheckpointError(f"checkpoint {path} has no state for rank {context.rank} ({rank_file.name})")
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path), no_dist=not context.distributed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=not context.distributed)
+    except (Exception, CheckpointException) as err:  # DCP's reader failures (truncated, missing .distcp) are BaseExceptions
+        raise CheckpointError(f"checkpoint {path}: model/optimizer state cannot be read ({type(err).__name__}: {err})") from err
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    payload = torch.load(rank_file, weights_only=True)
+    try:
+        payload = torch.load(rank_file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: {rank_file.name} is refused (not weights-only data, or truncated): {first_line}"
+        ) from err
     return payload, info
