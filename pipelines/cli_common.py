@@ -91,17 +91,18 @@ def output_paths(output: str, count: int) -> list[Path]:
 
 
 def load_images(paths: list[str]):
-    """Open image files with PIL; a missing or unreadable file raises ValueError naming it."""
-    from PIL import Image
+    """Open image files safely (size limits checked from the header before decoding, first frame of an
+    animation, EXIF orientation applied); a missing, unreadable or oversized file raises ValueError naming it."""
+    from unimask.tokenizers.image_preprocessing import open_image
 
     images = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.copy())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"--image {path!r} cannot be read as an image: {error}") from error
+            images.append(open_image(path))
+        except FileNotFoundError:
+            raise ValueError(f"--image {path!r} does not exist") from None
+        except ValueError as error:
+            raise ValueError(f"--image {path!r}: {error}") from error
     return images
 
 

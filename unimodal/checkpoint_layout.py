@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 
 def official_backbone_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -92,9 +92,15 @@ def checkpoint_tensor_shapes(directory: str | Path) -> dict[str, tuple[int, ...]
     files = checkpoint_files(directory)
     shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"{file} is not a readable safetensors file (truncated, corrupt, or another format such as "
+                f"a pickle, which is never loaded): {error}"
+            ) from None
     return shapes
 
 

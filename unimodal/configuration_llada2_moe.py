@@ -63,6 +63,20 @@ OFFICIAL_CONFIG_KEYS = (
 )
 
 
+# Sizes that must be positive integers; checked before any arithmetic on them.
+_POSITIVE_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "moe_intermediate_size",
+)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -190,6 +204,12 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self._validate_sizes()
 
     def _validate_sizes(self) -> None:
+        for name in _POSITIVE_SIZES:
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name}={value!r} must be a positive integer",
+            )
         _require(
             self.num_attention_heads % self.num_key_value_heads == 0,
             f"num_attention_heads={self.num_attention_heads} must be a multiple of "

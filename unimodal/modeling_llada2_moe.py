@@ -50,6 +50,19 @@ LLADA2_EXPERTS_FUNCTIONS = ExpertsInterface()
 LLADA2_EXPERTS_FUNCTIONS["grouped_mm"] = sorted_grouped_experts_forward
 
 
+
+def _read_config_json(path: Path) -> dict:
+    """A checkpoint's config.json as a dict; ValueError naming the file when missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: a backbone checkpoint directory needs its config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
 class LLaDA2MoeRMSNorm(nn.Module):
     """RMSNorm over the last dimension, computed in fp32 (weight applied in the input dtype)."""
 
@@ -479,7 +492,8 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
             if isinstance(config, PretrainedConfig):
                 config_dict = config.to_dict()
             else:
-                config_dict = json.loads((directory / "config.json").read_text())
+                config_dict = _read_config_json(directory / "config.json")
+                cls.config_class.from_dict(config_dict)  # bad sizes fail here, named, before the layout check
             check_official_checkpoint(directory, config_dict)
             if not model_args and set(kwargs) <= _STREAMED_LOAD_KWARGS:
                 model = cls._streamed_from_directory(directory, kwargs.get("config"), kwargs.get("dtype"))
@@ -583,6 +597,8 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be (batch, seq) int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
         batch, seq_len = input_ids.shape
+        if batch == 0 or seq_len == 0:
+            raise ValueError(f"input_ids must hold at least one token per row, got shape {tuple(input_ids.shape)}")
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= config.vocab_size:
             raise ValueError(f"input_ids must be in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]")

@@ -243,9 +243,6 @@ def test_size_policies_stay_within_limits_for_any_allowed_input(height, ratio, p
         assert target_h * target_w >= SIZE_POLICIES[policy].min_pixels // 4  # aspect-ratio corners round down
 
 
-@pytest.mark.xfail(reason="gap (pipelines/cli_common.py, not ours to edit): load_images lets PIL's "
-                   "DecompressionBombError escape and decodes 64-179 Mpx images in full; it should call open_image",
-                   strict=False)
 @pytest.mark.parametrize("side", [20000, 9000])
 def test_cli_image_loading_refuses_bombs_with_value_error_before_decoding(tmp_path, side, no_pixel_decoding):
     from unimask.pipelines.cli_common import load_images

@@ -190,8 +190,6 @@ def test_backbone_refuses_out_of_range_inputs_with_value_error(backbone, change,
         backbone(**inputs)
 
 
-@pytest.mark.xfail(reason="gap (unimodal/modeling_llada2_moe.py): a zero-length sequence fails inside torch "
-                   "(min() of an empty tensor) instead of a ValueError", strict=False)
 def test_backbone_refuses_an_empty_sequence_with_value_error(backbone):
     with pytest.raises(ValueError, match="input_ids"):
         backbone(input_ids=torch.zeros(1, 0, dtype=torch.long))
