@@ -9,15 +9,12 @@ config may carry a `siglip_feat_dim` with no SigLIP weights behind it (dropped h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ZImageTransformer2DModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from unimask.decoders.strict_loading import load_state_dict_strict
+from unimask.checkpoint_files import load_safetensors, load_state_dict_strict, read_json_object
 
 OFFICIAL_KEY_RENAMES = {"semantic_embedder.": "cap_embedder."}
 # RoPE table lengths the official loader forces: caption positions run along axis 0 up to
@@ -33,10 +30,10 @@ def read_folder_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     for name in WEIGHT_FILE_NAMES:
         if (folder / name).is_file():
-            return _load_safetensors(folder / name)
+            return load_safetensors(folder / name)
     for name in INDEX_FILE_NAMES:
         if (folder / name).is_file():
-            weight_map = _read_json_object(folder / name).get("weight_map")
+            weight_map = read_json_object(folder / name).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ValueError(f"{folder / name} has no 'weight_map' object")
             state: dict[str, torch.Tensor] = {}
@@ -46,29 +43,11 @@ def read_folder_weights(folder: str | Path) -> dict[str, torch.Tensor]:
                     raise ValueError(f"{folder / name} names shard {shard!r} outside its folder")
                 if not shard_path.is_file():
                     raise FileNotFoundError(f"{folder / name} names shard {shard!r}, which is missing")
-                state.update(_load_safetensors(shard_path))
+                state.update(load_safetensors(shard_path))
             return state
     raise FileNotFoundError(f"no safetensors weights ({', '.join(WEIGHT_FILE_NAMES)}) in {folder}")
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """`load_file` with a `ValueError` naming the file for truncated, corrupt or non-safetensors data
-    (pickled weights are never read)."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as error:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
-
-
-def _read_json_object(path: Path) -> dict:
-    """The JSON object in ``path``; `ValueError` naming the file when it is not one."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
 
 
 def read_folder_config(folder: str | Path) -> dict:
@@ -76,7 +55,7 @@ def read_folder_config(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"missing {path}")
-    return {k: v for k, v in _read_json_object(path).items() if not k.startswith("_")}
+    return {k: v for k, v in read_json_object(path).items() if not k.startswith("_")}
 
 
 def remap_official_transformer_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from unimask.decoders.strict_loading import load_state_dict_strict
+from unimask.checkpoint_files import load_safetensors, load_state_dict_strict
 
 # The token grid is upsampled this much (nearest) before embedding: one feature per latent patch
 # of the 1024 px output of a 512 px token grid.
@@ -72,13 +72,7 @@ def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"missing SigVQ weights {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except SafetensorError as error:
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:

@@ -23,8 +23,9 @@ from typing import Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from unimask.checkpoint_files import load_safetensors, read_json_object
 from torch import nn
 from transformers import GlmImageVisionConfig, GlmImageVisionModel, GlmImageVQVAE, GlmImageVQVAEConfig
 
@@ -181,16 +182,6 @@ def quantize_features(vqmodel: GlmImageVQVAE, features: torch.Tensor) -> torch.T
     return ids.view(batch, height, width)
 
 
-def _read_json_object(path: Path) -> dict:
-    """The JSON object in file ``path``; ValueError naming the file when it is not one."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
-
 
 class SigLIPVQTokenizer(nn.Module):
     """Images -> semantic token ids. Holds ``visual`` (GlmImageVisionModel) and ``vqmodel``
@@ -257,7 +248,7 @@ class SigLIPVQTokenizer(nn.Module):
             folder = folder / "image_tokenizer"
         if not (folder / CONFIG_NAME).is_file():
             raise ValueError(f"path {str(path)!r} has no {CONFIG_NAME} (nor image_tokenizer/{CONFIG_NAME})")
-        raw = _read_json_object(folder / CONFIG_NAME)
+        raw = read_json_object(folder / CONFIG_NAME)
         if "vision_config" not in raw or "vq_config" not in raw:
             raise ValueError(f"{folder / CONFIG_NAME} must contain 'vision_config' and 'vq_config', has {sorted(raw)}")
         for name in ("vision_config", "vq_config"):
@@ -265,7 +256,7 @@ class SigLIPVQTokenizer(nn.Module):
                 raise ValueError(f"{folder / CONFIG_NAME}: {name!r} must be an object, got {type(raw[name]).__name__}")
         preprocessor = ImagePreprocessorConfig()
         if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
-            preprocessor_json = _read_json_object(folder / PREPROCESSOR_CONFIG_NAME)
+            preprocessor_json = read_json_object(folder / PREPROCESSOR_CONFIG_NAME)
             try:
                 preprocessor = ImagePreprocessorConfig.from_json_dict(preprocessor_json)
             except (TypeError, ValueError) as error:
@@ -278,13 +269,7 @@ class SigLIPVQTokenizer(nn.Module):
             raise ValueError(f"no {WEIGHTS_NAME} (or other *.safetensors) in {folder}")
         state: dict[str, torch.Tensor] = {}
         for weight_file in weight_files:
-            try:
-                state.update(load_file(str(weight_file)))
-            except (SafetensorError, OSError) as error:
-                raise ValueError(
-                    f"{weight_file} is not a readable safetensors file (truncated, corrupt or another format; "
-                    f"pickled weights are never loaded): {error}"
-                ) from error
+            state.update(load_safetensors(weight_file))
 
         try:
             with torch.device("meta"):

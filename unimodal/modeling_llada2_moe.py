@@ -13,7 +13,6 @@ registered below maps them from/to the official per-expert names
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from transformers.integrations import use_experts_implementation
 from transformers.integrations.moe import ExpertsInterface
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
+
+from unimask.checkpoint_files import read_json_object
 
 from .checkpoint_layout import check_official_checkpoint, read_official_weights_into
 from .configuration_llada2_moe import LLaDA2MoeConfig
@@ -50,18 +51,6 @@ LLADA2_EXPERTS_FUNCTIONS = ExpertsInterface()
 LLADA2_EXPERTS_FUNCTIONS["grouped_mm"] = sorted_grouped_experts_forward
 
 
-
-def _read_config_json(path: Path) -> dict:
-    """A checkpoint's config.json as a dict; ValueError naming the file when missing or not a JSON object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing: a backbone checkpoint directory needs its config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 class LLaDA2MoeRMSNorm(nn.Module):
     """RMSNorm over the last dimension, computed in fp32 (weight applied in the input dtype)."""
@@ -492,7 +481,7 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
             if isinstance(config, PretrainedConfig):
                 config_dict = config.to_dict()
             else:
-                config_dict = _read_config_json(directory / "config.json")
+                config_dict = read_json_object(directory / "config.json")
                 cls.config_class.from_dict(config_dict)  # bad sizes fail here, named, before the layout check
             check_official_checkpoint(directory, config_dict)
             if not model_args and set(kwargs) <= _STREAMED_LOAD_KWARGS:

@@ -16,7 +16,6 @@ block-diffusion masks, positions restarting per document).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
