@@ -2,6 +2,7 @@
 
     unimask demo                         # the embedded default model; prints the report's path
     unimask demo --model DIR --output demo.html
+    unimask demo --web                   # the same tasks interactively in the browser (extra `demo`)
 
 Tasks: understanding, text-to-image without and with thinking, editing, multi-reference editing,
 interleaved text and images, and text chat, on Shapes World samples drawn from ``--seed``. The report shows
@@ -274,6 +275,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo samples and the samplers")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    web = parser.add_argument_group("web app (--web; needs the `demo` extra: pip install 'unimask[demo]')")
+    web.add_argument("--web", action="store_true", help="serve an interactive Gradio app instead of the report")
+    web.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=7860, help="port of the web app (default 7860)")
+    web.add_argument("--max-file-size", default="10mb", help="largest accepted upload, e.g. 5mb (default 10mb)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
     when a task failed (the report says why), 2 with a message on stderr when the model is missing (e.g.
     the default model is not built yet)."""
     from unimask.pipelines.cli_common import run_guarded
+
+    if getattr(args, "web", False):
+        return run_guarded("demo", lambda: _run_web(args))
 
     def body() -> int:
         from unimask.pipelines.pipeline_uni import UniPipeline
@@ -302,3 +311,16 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
     return run_guarded("demo", body)
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    """``unimask demo --web``: serve the Gradio app (`unimask.web_demo`); 2 with a message when Gradio is
+    not installed."""
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        print("unimask demo: --web needs Gradio: pip install 'unimask[demo]'", file=sys.stderr)
+        return 2
+    from unimask.web_demo import run_web
+
+    return run_web(args.model, args.device, args.host, args.port, args.max_file_size, args.seed)
