@@ -41,16 +41,35 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
     Args:
         vocab_size: codebook size (official: 16384).
         inner_dim: feature width (official: 4096); equals the transformer's `cap_feat_dim`.
+        grid_position_size: 0 (official) or the largest side of the upsampled grid; when > 0, learned
+            row and column embeddings (`grid_row_embedding`, `grid_col_embedding`) are added to the
+            features of `encode_grids`. The transformer sees caption features at 1-D positions only,
+            so a small decoder trained from scratch learns which latent patch a token belongs to
+            far faster when the feature carries its grid cell.
     """
 
     @register_to_config
-    def __init__(self, vocab_size: int = 16384, inner_dim: int = 4096):
+    def __init__(self, vocab_size: int = 16384, inner_dim: int = 4096, grid_position_size: int = 0):
         super().__init__()
         self.prior_token_embedding = nn.Embedding(vocab_size, inner_dim)
         self.prior_projector = FeedForward(
             inner_dim, dim_out=inner_dim, inner_dim=inner_dim, activation_fn="linear-silu", bias=True
         )
+        if grid_position_size < 0:
+            raise ValueError(f"grid_position_size must be >= 0, got {grid_position_size}")
+        if grid_position_size:
+            self.grid_row_embedding = nn.Embedding(grid_position_size, inner_dim)
+            self.grid_col_embedding = nn.Embedding(grid_position_size, inner_dim)
+            # small next to the token features, so the cell does not drown what the token says
+            nn.init.normal_(self.grid_row_embedding.weight, std=0.1)
+            nn.init.normal_(self.grid_col_embedding.weight, std=0.1)
         self.requires_grad_(False)
+
+    def grid_position_parameters(self) -> list[nn.Parameter]:
+        """The learned grid position embeddings (empty for the official layout)."""
+        if not self.config.grid_position_size:
+            return []
+        return [self.grid_row_embedding.weight, self.grid_col_embedding.weight]
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids: (batch, seq) int64 -> features (batch, seq, inner_dim)."""
@@ -62,7 +81,18 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         token_grids: (batch, h, w) int64 -> (batch, 4 * h * w, inner_dim), the grid upsampled 2x
         (nearest) and flattened row-major, as the official decoder does.
         """
-        return self(upsample_token_grid(token_grids.to(self.device)))
+        token_grids = token_grids.to(self.device)
+        features = self(upsample_token_grid(token_grids))
+        size = self.config.grid_position_size
+        if not size:
+            return features
+        height, width = token_grids.shape[1] * GRID_UPSAMPLE, token_grids.shape[2] * GRID_UPSAMPLE
+        if max(height, width) > size:
+            raise ValueError(f"token grid {tuple(token_grids.shape[1:])} is larger than this SigVQ's grid positions allow "
+                             f"({size // GRID_UPSAMPLE} per side)")
+        rows = self.grid_row_embedding.weight[:height, None, :].expand(height, width, -1)
+        cols = self.grid_col_embedding.weight[None, :width, :].expand(height, width, -1)
+        return features + (rows + cols).reshape(1, height * width, -1).to(features.dtype)
 
 
 def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -91,7 +121,9 @@ def sigvq_from_state_dict(state: dict[str, torch.Tensor]) -> SigVQEmbedding:
     if "prior_token_embedding.weight" not in state:
         raise ValueError(f"state has no 'prior_token_embedding.weight'; keys: {sorted(state)[:8]}")
     vocab_size, inner_dim = state["prior_token_embedding.weight"].shape
+    grid_rows = state.get("grid_row_embedding.weight")
+    grid_position_size = int(grid_rows.shape[0]) if grid_rows is not None else 0
     with torch.device("meta"):
-        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim)
+        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim, grid_position_size=grid_position_size)
     load_state_dict_strict(model, state)
     return model.eval()

@@ -84,7 +84,8 @@ def flow_matching_loss(
     transformer = decoder_parts.transformer
     device = transformer.device
     data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator).to(device)
-    with torch.no_grad():
+    sigvq_trains = any(p.requires_grad for p in decoder_parts.sigvq.parameters())
+    with torch.set_grad_enabled(sigvq_trains and torch.is_grad_enabled()):
         features = decoder_parts.sigvq.encode_grids(batch["token_grids"]).to(device)
     count = data.shape[0]
     rng_device = generator.device if generator is not None else "cpu"

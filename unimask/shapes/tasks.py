@@ -160,3 +160,37 @@ def sample_from_json(record: dict[str, Any]) -> dict[str, Any]:
     if "steps" in record:
         sample["steps"] = [{"text": step["text"], "scene": Scene.from_dict(step["scene"])} for step in record["steps"]]
     return sample
+
+
+SHARD_KINDS: tuple[str, ...] = ("tasks", "captions")
+
+
+def iter_samples(
+    count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS
+) -> Iterator[dict[str, Any]]:
+    """Shard samples (the ``unimask data write --generator shapes`` source), rendered at 128 px.
+
+    ``kind="tasks"``: one training task sample per record; ``json`` is :func:`sample_to_json` of the
+    sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
+    or steps). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
+    "caption": str, "scene": dict}``, one image (for the image tokenizer, VAE and decoder stages).
+    Yields ``{"__key__": "%08d", "json": dict, "images": [PIL RGB]}``; never a held-out pair.
+    """
+    from unimask.shapes.render import render
+
+    if kind not in SHARD_KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {SHARD_KINDS}")
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count={count!r} must be an integer >= 1")
+    if kind == "captions":
+        rng = random.Random(f"shapes-captions-{seed}")
+        for index in range(count):
+            scene = sample_scene(rng)
+            yield {"__key__": f"{index:08d}", "json": {"task": "caption", "caption": caption(scene), "scene": scene.to_dict()},
+                   "images": [render(scene)]}
+        return
+    for index, sample in enumerate(training_samples(seed, count, tasks)):
+        scenes = sample_scenes(sample)
+        record = sample_to_json(sample)
+        record["n_images"] = len(scenes)
+        yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene) for scene in scenes]}

@@ -2,7 +2,7 @@
 
 The teacher is a trained decoder folder (``stage_options.teacher``: what the ``decoder_flow``
 stage exported) or, when absent, the student's own initial weights (for tests). The student
-starts from the teacher's transformer. ``stage_options``: ``teacher``, ``teacher_steps`` (default
+starts from the teacher's transformer and uses the teacher's frozen ``sigvq`` and ``vae``. ``stage_options``: ``teacher``, ``teacher_steps`` (default
 50), ``guidance_scale`` (default 1.0), ``resolution_multiplier``.
 """
 
@@ -25,7 +25,7 @@ class DecoderDistillStage(DecoderFlowStage):
     """``unimask.decoders.distillation.distillation_loss`` against a frozen teacher."""
 
     name = "decoder_distill"
-    option_defaults = {"teacher": None, "teacher_steps": 50, "guidance_scale": 1.0, "resolution_multiplier": None, "variant": "turbo"}
+    option_defaults = {"teacher": None, "teacher_steps": 50, "guidance_scale": 1.0, "resolution_multiplier": None, "variant": "turbo", "init_vae": None}
 
     def check_config(self) -> None:
         super().check_config()
@@ -38,10 +38,17 @@ class DecoderDistillStage(DecoderFlowStage):
         student = super().build_model()
         teacher_path = self.options["teacher"]
         if teacher_path is not None:
-            from diffusers import ZImageTransformer2DModel
+            from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+            from unimask.decoders.sigvq import SigVQEmbedding
 
             trained = ZImageTransformer2DModel.from_pretrained(Path(teacher_path) / "transformer")
             student.transformer.load_state_dict(trained.state_dict())
+            # The teacher was trained against its own frozen conditioning and latents: keep them.
+            if (Path(teacher_path) / "sigvq").is_dir():
+                student.sigvq.load_state_dict(SigVQEmbedding.from_pretrained(Path(teacher_path) / "sigvq").state_dict())
+            if (Path(teacher_path) / "vae").is_dir():
+                student.vae.load_state_dict(AutoencoderKL.from_pretrained(Path(teacher_path) / "vae").state_dict())
         if self._teacher is None:
             self._teacher = DecoderParts(copy.deepcopy(student.sigvq), copy.deepcopy(student.transformer), copy.deepcopy(student.vae), ())
             self._teacher.eval()

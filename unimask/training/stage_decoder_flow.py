@@ -2,11 +2,12 @@
 
 Samples: an image and its token grid (``codes.npy``; the first image and first grid are used).
 The image is resized to ``grid x 16 x resolution_multiplier`` pixels and scaled to [-1, 1].
-SigVQ and the VAE stay frozen; only the transformer trains.
+SigVQ and the VAE stay frozen; the transformer trains (with the SigVQ grid position embeddings, where the preset has them).
 
 ``model``: ``{"preset": "<configs/models/decoder/NAME.yaml>"}``.
 ``stage_options``: ``condition_dropout`` (default 0.1), ``resolution_multiplier`` (default: the
-preset's), ``variant`` ("normal" | "turbo", the scheduler written with the export).
+preset's), ``variant`` ("normal" | "turbo", the scheduler written with the export), ``init_vae``
+(a trained VAE folder, e.g. the ``vae`` stage's ``export/vae``; default: the preset's random VAE).
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -37,6 +38,10 @@ class DecoderParts(nn.Module):
         self.sigvq, self.transformer, self.vae = sigvq, transformer, vae
         for name in ("sigvq", "transformer", "vae"):
             getattr(self, name).requires_grad_(name in trainable)
+        if "transformer" in trainable and hasattr(sigvq, "grid_position_parameters"):
+            # grid positions (small presets only) are learned with the transformer that reads them
+            for parameter in sigvq.grid_position_parameters():
+                parameter.requires_grad_(True)
 
 
 def decoder_pixel_batch(samples: list[dict[str, Any]], multiplier: int, need_codes: bool = True) -> dict[str, torch.Tensor]:
@@ -73,7 +78,7 @@ class DecoderFlowStage(Stage):
 
     name = "decoder_flow"
     trainable: tuple[str, ...] = ("transformer",)
-    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal"}
+    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -92,6 +97,9 @@ class DecoderFlowStage(Stage):
             raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage {self.name!r}; allowed: {sorted(self.option_defaults)}")
         self.options = {**self.option_defaults, **options}
         self.multiplier = int(self.options["resolution_multiplier"] or self.preset.get("resolution_multiplier", 1))
+        init_vae = self.options.get("init_vae")
+        if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
+            raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
 
     def _build_decoder(self, variant: str):
         from unimask.decoders.decoder_presets import build_decoder
@@ -100,7 +108,12 @@ class DecoderFlowStage(Stage):
 
     def build_model(self) -> nn.Module:
         decoder = self._build_decoder(self.options["variant"])
-        return DecoderParts(decoder.sigvq, decoder.transformer, decoder.vae, self.trainable)
+        vae = decoder.vae
+        if self.options.get("init_vae") is not None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(self.options["init_vae"])
+        return DecoderParts(decoder.sigvq, decoder.transformer, vae, self.trainable)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(getattr(model.transformer, "layers", []))

@@ -1,0 +1,67 @@
+"""The Shapes text tokenizer build and the build driver's recipe handling."""
+
+import random
+
+import pytest
+import yaml
+
+from unimask.shapes.build_default import ANSWER_LENGTH, RECIPES, STAGES, BuildPaths, recipe_path, run_stage
+from unimask.shapes.language import caption
+from unimask.shapes.scene import sample_scene
+from unimask.shapes.text_tokenizer_build import build_shapes_text_tokenizer, save_shapes_text_tokenizer
+from unimask.tokenizers.text_tokenizer import load_text_tokenizer
+from unimask.tokenizers.token_layout import SHAPES_SPECIAL_TOKENS, TokenLayout
+
+
+def test_special_tokens_take_the_first_ids(shapes_text_tokenizer):
+    for expected, token in enumerate(SHAPES_SPECIAL_TOKENS):
+        assert shapes_text_tokenizer.convert_tokens_to_ids(token) == expected
+    assert len(shapes_text_tokenizer) <= 512
+
+
+def test_grammar_round_trips_compactly(shapes_text_tokenizer):
+    rng = random.Random(4)
+    for _ in range(50):
+        text = caption(sample_scene(rng))
+        ids = shapes_text_tokenizer.encode(text, add_special_tokens=False)
+        assert shapes_text_tokenizer.decode(ids) == text
+        assert len(ids) < ANSWER_LENGTH  # a caption answer fits the understanding span with an end token
+        assert max(ids) < len(shapes_text_tokenizer)
+
+
+def test_saved_tokenizer_loads_and_fits_the_layout(tmp_path):
+    path = save_shapes_text_tokenizer(tmp_path / "tok")
+    tokenizer = load_text_tokenizer(path.parent)
+    layout = TokenLayout.from_tokenizer(tokenizer, image_token_offset=512, codebook_size=256, vocab_size=768)
+    assert layout == TokenLayout.shapes(512, 256)
+
+
+def test_too_small_vocab_raises():
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_shapes_text_tokenizer(vocab_size=100)
+
+
+def test_quick_recipes_are_rewritten_under_the_root(tmp_path):
+    paths = BuildPaths(tmp_path / "quick", tmp_path / "out", quick=True)
+    for stage in RECIPES:
+        recipe = yaml.safe_load(recipe_path(stage, paths).read_text())
+        assert recipe["steps"] == 2
+        assert recipe["out_dir"].startswith(str(tmp_path / "quick"))
+        assert all(s.startswith(str(tmp_path / "quick")) for s in recipe["data"]["shards"])
+
+
+def test_unknown_stage_raises(tmp_path):
+    with pytest.raises(ValueError, match="stage"):
+        run_stage("nope", BuildPaths(tmp_path))
+    assert STAGES[0] == "text_tokenizer" and STAGES[-1] == "assemble"
+
+
+@pytest.mark.slow
+def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
+    from unimask.pipelines.pipeline_uni import UniPipeline
+    from unimask.shapes.build_default import build
+
+    paths = BuildPaths(tmp_path / "quick", tmp_path / "model", quick=True)
+    build(paths)
+    pipe = UniPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.token_layout.codebook_size == 256

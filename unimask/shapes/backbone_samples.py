@@ -1,0 +1,152 @@
+"""Shapes World task samples + their image code grids -> backbone training sequences.
+
+Each task becomes one prompt/response sequence built with
+:class:`unimask.tokenizers.sequence_builders.SequenceBuilder`, exactly as the pipelines build it at
+inference, with the masked region filled by the right answer:
+
+- ``understanding``: the chat prompt with the image, then the answer padded with end-of-sequence to
+  ``answer_length`` TEXT positions (the pipeline's ``gen_length``);
+- ``text_to_image`` / ``editing`` / ``multi_reference_editing``: the target grid's codes in the image
+  slot (then ``<|/image|>``); with probability ``uncondition_rate`` the text condition is replaced by
+  ``<uncondition>`` (the unconditional branch classifier-free guidance needs);
+- ``interleaved``: after the assistant tag, per step its sentence and its image block
+  (``<|image|> h w <boi> codes <|/image|>``), then ``tail_eos`` end-of-sequence tokens (what a last
+  text round sees).
+
+``response_start`` is the first response position: the SFT loss masks only positions from there on
+(the backbone stage's ``maskable`` region; text and image positions are told apart by id).
+:func:`convert_shards` rewrites tokenized task shards (``codes.npy``) as backbone shards whose json
+holds ``input_ids`` and ``response_start``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from unimask.data.shard_format import SampleDecodeError, decode_record
+from unimask.data.writer import write_shards
+from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec, fill_masks
+from unimask.tokenizers.token_layout import TokenLayout, encode_plain
+
+__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "convert_shards"]
+
+logger = logging.getLogger(__name__)
+
+BackboneSequence = tuple[list[int], int]
+
+
+def _pad_answer(ids: list[int], length: int, eos_id: int, what: str) -> list[int]:
+    if len(ids) + 1 > length:
+        raise ValueError(f"{what} has {len(ids)} tokens; answer_length={length} must leave room for one end-of-sequence")
+    return ids + [eos_id] * (length - len(ids))
+
+
+def _image_block(layout: TokenLayout, grid: np.ndarray) -> list[int]:
+    h, w = grid.shape
+    codes = layout.image_code_to_token(np.asarray(grid, dtype=np.int64).reshape(-1)).tolist()
+    return [layout.image_start_id, layout.size_token(h), layout.size_token(w), layout.boi_id, *codes, layout.image_end_id]
+
+
+def _filled(spec: SequenceSpec, values: Sequence[int]) -> BackboneSequence:
+    positions = spec.generated_positions()
+    return fill_masks(spec, values), positions[0]
+
+
+def backbone_sequence(
+    sample: dict[str, Any],
+    grids: np.ndarray,
+    builder: SequenceBuilder,
+    *,
+    answer_length: int = 32,
+    tail_eos: int = 48,
+    uncondition_rate: float = 0.1,
+    rng: random.Random | None = None,
+) -> BackboneSequence:
+    """One training sequence for a task sample (``sample_to_json`` form or Scene form: only text fields are read).
+
+    Args:
+        sample: a Shapes World task sample (``task`` and its text fields).
+        grids: ``(n_images, h, w)`` int codes of the sample's scenes in ``sample_scenes`` order
+            (input images, then the target or the step scenes).
+        builder: the SequenceBuilder of the model's layout and text tokenizer.
+        answer_length: TEXT positions of an understanding answer (answer + end-of-sequence padding).
+        tail_eos: end-of-sequence tokens after the last interleaved image.
+        uncondition_rate: probability of the unconditional prompt for image-generating tasks.
+        rng: draws the unconditional choice (default: ``random.Random(0)``).
+    Returns:
+        ``(input_ids, response_start)``: a list of ids in the joint vocabulary and the index of the
+        first response position.
+    Raises:
+        ValueError: unknown task, wrong number of grids, or an answer longer than ``answer_length - 1``.
+    """
+    rng = rng or random.Random(0)
+    layout = builder.layout
+    task = sample.get("task")
+    grids = np.asarray(grids)
+    expected = {"understanding": 1, "text_to_image": 1, "editing": 2, "multi_reference_editing": 3}
+    if task == "interleaved":
+        expected_count = len(sample["steps"])
+    elif task in expected:
+        expected_count = expected[task]
+    else:
+        raise ValueError(f"sample task={task!r} is not a Shapes World task")
+    if grids.ndim != 3 or grids.shape[0] != expected_count:
+        raise ValueError(f"task {task!r} needs grids of shape ({expected_count}, h, w), got {grids.shape}")
+    h, w = int(grids.shape[1]), int(grids.shape[2])
+    unconditional = rng.random() < uncondition_rate
+    if task == "understanding":
+        spec = builder.understanding([grids[0]], sample["question"], answer_length)
+        answer = _pad_answer(encode_plain(builder.tokenizer, sample["answer"]), answer_length, layout.eos_id, "answer")
+        return _filled(spec, answer)
+    if task == "text_to_image":
+        spec = builder.text_to_image(sample["prompt"], h, w, cfg=unconditional)
+        return _filled(spec.uncond if unconditional else spec, layout.image_code_to_token(grids[-1].reshape(-1)).tolist())
+    if task in ("editing", "multi_reference_editing"):
+        spec = builder.edit(list(grids[:-1]), sample["instruction"], h, w, cfg=unconditional)
+        return _filled(spec.uncond if unconditional else spec, layout.image_code_to_token(grids[-1].reshape(-1)).tolist())
+    spec = builder.interleaved(sample["prompt"], text_length=1)
+    prefix = spec.input_ids[:-1]
+    response: list[int] = []
+    for step, grid in zip(sample["steps"], grids):
+        response += encode_plain(builder.tokenizer, step["text"]) + _image_block(layout, grid)
+    response += [layout.eos_id] * tail_eos
+    return prefix + response, len(prefix)
+
+
+def backbone_records(
+    shards: Sequence[str | Path], builder: SequenceBuilder, seed: int = 0, **options: Any
+) -> Iterator[dict[str, Any]]:
+    """Backbone shard samples from tokenized task shards (each record needs ``codes.npy``).
+
+    Yields ``{"__key__", "json": {"task", "input_ids", "response_start"}}``; records without codes are
+    skipped with a warning. ``options`` go to :func:`backbone_sequence`.
+    """
+    rng = random.Random(seed)
+    for shard in shards:
+        for raw in wds.tariterators.tarfile_samples([{"url": str(shard)}]):
+            try:
+                record = decode_record(raw, decode_images=False)
+            except SampleDecodeError as err:
+                logger.warning("shard %s sample %s: %s; skipped", shard, raw.get("__key__"), err)
+                continue
+            if record["codes"] is None:
+                logger.warning("shard %s sample %s has no codes.npy; skipped", shard, record["__key__"])
+                continue
+            ids, start = backbone_sequence(record["json"], record["codes"], builder, rng=rng, **options)
+            key = f"{Path(shard).stem.replace('.', '_')}_{record['__key__']}"
+            yield {"__key__": key, "json": {"task": record["json"]["task"], "input_ids": ids, "response_start": start}}
+
+
+def convert_shards(
+    shards: Sequence[str | Path], builder: SequenceBuilder, out_dir: str | Path, *, max_count: int = 2000, **options: Any
+) -> list[Path]:
+    """Write :func:`backbone_records` of ``shards`` into ``out_dir`` (webdataset shards); returns their paths."""
+    return write_shards(backbone_records(shards, builder, **options), out_dir, max_count=max_count)
+

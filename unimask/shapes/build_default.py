@@ -1,0 +1,317 @@
+"""Build the Shapes World default model end to end, resumably: data, tokenizers, backbone, decoders.
+
+Run ``python -m unimask.shapes.build_default`` (every stage in order) or ``--stage NAME`` (one
+stage; run independent stages in parallel processes, see below). Each stage skips itself when its
+output exists, and a training stage resumes from its latest checkpoint, so an interrupted build is
+simply started again. ``--quick`` runs the whole chain with tiny counts and 2 training steps under
+``runs/quick`` (a smoke test of the wiring, not a model).
+
+Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
+
+    text_tokenizer   byte-level BPE on the grammar            -> <root>/shapes/text_tokenizer
+    caption_shards   scenes + captions                        -> <root>/shards/captions
+    tokenizer_siglip image tokenizer stage 1  (configs/shapes/tokenizer-siglip.yaml)
+    tokenizer_vq     image tokenizer stage 2  (configs/shapes/tokenizer-vq.yaml)
+    coded_shards     new scenes + their code grids            -> <root>/shards/coded
+    vae              the decoder's VAE        (configs/shapes/vae.yaml; captions + coded shards)
+    backbone_data    task shards -> codes -> sequences        -> <root>/shards/tasks, <root>/shards/backbone
+    backbone         the MoE backbone         (configs/shapes/backbone.yaml)           } parallel
+    decoder_flow     flow-matching decoder    (configs/shapes/decoder-flow.yaml)       }
+    decoder_distill  turbo decoder            (configs/shapes/decoder-distill.yaml)      } parallel
+    vae_decoder      VAE decoder side, encoder frozen (configs/shapes/vae-decoder.yaml) }
+    assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+import unimask.configs
+
+__all__ = ["STAGES", "BuildPaths", "run_stage", "build", "main"]
+
+logger = logging.getLogger("unimask.shapes.build_default")
+
+RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
+STAGES = (
+    "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "coded_shards", "vae",
+    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "assemble",
+)
+RECIPES = {
+    "tokenizer_siglip": "tokenizer-siglip.yaml",
+    "vae": "vae.yaml",
+    "tokenizer_vq": "tokenizer-vq.yaml",
+    "backbone": "backbone.yaml",
+    "decoder_flow": "decoder-flow.yaml",
+    "decoder_distill": "decoder-distill.yaml",
+    "vae_decoder": "vae-decoder.yaml",
+}
+# Sample counts (full, quick) of the data stages.
+COUNTS = {"captions": (6000, 64), "coded": (6000, 64), "tasks": (20000, 64)}
+# Sequence options shared by the backbone data and the shipped generation defaults.
+ANSWER_LENGTH = 32
+INTERLEAVED_TEXT_LENGTH = 48
+TAIL_EOS = 16
+GENERATION_DEFAULTS = {
+    "common": {"block_length": 1024, "threshold": 0.9, "temperature": 0.0, "decoder": "turbo",
+               "resolution_multiplier": 1, "image_size": "shapes_world", "image_grid": [8, 8],
+               "gen_length": ANSWER_LENGTH},
+    "understanding": {"num_inference_steps": 16},
+    "chat": {"num_inference_steps": 16},
+    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 1.0},
+    "thinking": {"num_inference_steps": 16, "guidance_scale": 1.0, "thinking_length": 32, "thinking_steps": 16},
+    "edit": {"num_inference_steps": 16, "text_guidance_scale": 1.0, "image_guidance_scale": 0.0},
+    "interleaved": {"num_inference_steps": 16, "guidance_scale": 1.0, "gen_length": INTERLEAVED_TEXT_LENGTH,
+                    "max_images": 4},
+}
+
+
+class BuildPaths:
+    """Where one build writes: ``root`` (``runs`` or ``runs/quick``) and the final ``out`` folder."""
+
+    def __init__(self, root: str | Path = "runs", out: str | Path = DEFAULT_OUT, quick: bool = False):
+        self.root, self.out, self.quick = Path(root), Path(out), quick
+
+    def shards(self, name: str) -> Path:
+        """``<root>/shards/<name>``."""
+        return self.root / "shards" / name
+
+    @property
+    def text_tokenizer(self) -> Path:
+        """The trained text tokenizer folder."""
+        return self.root / "shapes" / "text_tokenizer"
+
+    def export(self, stage: str) -> Path:
+        """``<root>/shapes/<recipe name>/export`` of a training stage."""
+        return self.root / "shapes" / RECIPES[stage].removesuffix(".yaml") / "export"
+
+    def count(self, name: str) -> int:
+        """Sample count of a data set (``COUNTS``), small in quick mode."""
+        return COUNTS[name][1 if self.quick else 0]
+
+
+def recipe_path(stage: str, paths: BuildPaths) -> Path:
+    """The recipe a training stage runs: ``configs/shapes/<name>``, rewritten for another root or quick mode."""
+    source = RECIPE_DIR / RECIPES[stage]
+    if paths.root == Path("runs") and not paths.quick:
+        return source
+    recipe = yaml.safe_load(source.read_text().replace("runs/", f"{paths.root.as_posix()}/"))
+    if paths.quick:
+        recipe.update(steps=2, micro_batch_size=min(recipe["micro_batch_size"], 4))
+        recipe["checkpoint"] = {"every": 1, "keep_last": 1}
+        recipe["schedule"] = {"kind": "constant"}
+        recipe["data"]["shuffle_buffer"] = 0
+        if "teacher_steps" in recipe.get("stage_options", {}):
+            recipe["stage_options"]["teacher_steps"] = 2
+        # The shipped VAE continued earlier runs (see configs/shapes/vae.yaml); a smoke build starts fresh.
+        init = recipe.get("stage_options", {}).get("init")
+        if init is not None and not Path(init).is_dir():
+            del recipe["stage_options"]["init"]
+    target = paths.root / "configs" / RECIPES[stage]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return target
+
+
+def _train(stage: str, paths: BuildPaths) -> None:
+    from unimask.training.checkpoint import latest_checkpoint
+    from unimask.training.distributed import init_distributed, shutdown_distributed
+    from unimask.training.recipe import load_recipe
+    from unimask.training.trainer import Trainer
+
+    recipe = load_recipe(recipe_path(stage, paths))
+    out_dir = Path(recipe.out_dir)
+    resume = latest_checkpoint(out_dir / "checkpoints") is not None
+    context = init_distributed()
+    try:
+        result = Trainer(recipe, resume=resume, context=context).fit()
+    finally:
+        shutdown_distributed(context)
+    logger.info("%s: %d steps, export %s", stage, result.step, result.export_dir)
+
+
+def _shapes_tokenizer(paths: BuildPaths):
+    from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
+
+    return SigLIPVQTokenizer.from_pretrained(paths.export("tokenizer_vq") / "image_tokenizer", size_policy="shapes_world")
+
+
+def _write(paths: BuildPaths, name: str, seed: int, **options: Any) -> None:
+    from unimask.data.writer import samples_from_generator, write_shards
+
+    samples = samples_from_generator("shapes", paths.count(name), seed, **options)
+    write_shards(samples, paths.shards(name), max_count=1000 if not paths.quick else 32)
+
+
+def _add_codes(paths: BuildPaths, name: str) -> None:
+    from unimask.data.loader import expand_shard_paths
+    from unimask.data.tokenize_shards import add_image_codes, encode_fn_from_tokenizer
+
+    tokenizer = _shapes_tokenizer(paths)
+    add_image_codes(expand_shard_paths([str(paths.shards(name))]), encode_fn_from_tokenizer(tokenizer), batch_size=64)
+
+
+def _done(path: Path) -> bool:
+    return (path / ".done").is_file()
+
+
+def _mark(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ".done").write_text("ok\n")
+
+
+def _stage_text_tokenizer(paths: BuildPaths) -> None:
+    from unimask.shapes.text_tokenizer_build import save_shapes_text_tokenizer
+
+    save_shapes_text_tokenizer(paths.text_tokenizer)
+
+
+def _stage_caption_shards(paths: BuildPaths) -> None:
+    if not _done(paths.shards("captions")):
+        _write(paths, "captions", seed=1, kind="captions")
+        _mark(paths.shards("captions"))
+
+
+def _stage_coded_shards(paths: BuildPaths) -> None:
+    folder = paths.shards("coded")
+    if not _done(folder):
+        if not any(folder.glob("*.tar")):
+            _write(paths, "coded", seed=2, kind="captions")
+        _add_codes(paths, "coded")
+        _mark(folder)
+
+
+def shapes_layout_and_builder(paths: BuildPaths, max_length: int | None = None):
+    """The Shapes token layout (text vocabulary of the trained tokenizer, the VQ codebook) and a SequenceBuilder."""
+    from unimask.tokenizers.sequence_builders import SequenceBuilder
+    from unimask.tokenizers.text_tokenizer import load_text_tokenizer
+    from unimask.tokenizers.token_layout import TokenLayout
+
+    text_tokenizer = load_text_tokenizer(paths.text_tokenizer)
+    codebook = json.loads((paths.export("tokenizer_vq") / "image_tokenizer" / "config.json").read_text())
+    layout = TokenLayout.shapes(text_vocab_size=len(text_tokenizer), codebook_size=_codebook_size(codebook))
+    return layout, text_tokenizer, SequenceBuilder(layout, text_tokenizer, max_length=max_length)
+
+
+def _codebook_size(config: dict) -> int:
+    vq = config.get("vq_config", config)
+    return int(vq["num_embeddings"])
+
+
+def _stage_backbone_data(paths: BuildPaths) -> None:
+    from unimask.data.loader import expand_shard_paths
+    from unimask.shapes.backbone_samples import convert_shards
+
+    tasks = paths.shards("tasks")
+    if not _done(tasks):
+        if not any(tasks.glob("*.tar")):
+            _write(paths, "tasks", seed=3, kind="tasks")
+        _add_codes(paths, "tasks")
+        _mark(tasks)
+    out = paths.shards("backbone")
+    if not _done(out):
+        _, _, builder = shapes_layout_and_builder(paths)
+        convert_shards(expand_shard_paths([str(tasks)]), builder, out, answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS)
+        _mark(out)
+
+
+def _stage_assemble(paths: BuildPaths) -> None:
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+    from unimask.decoders.flow_schedule import make_decoder_scheduler
+    from unimask.decoders.semantic_decoder import SemanticImageDecoder
+    from unimask.decoders.sigvq import SigVQEmbedding
+    from unimask.pipelines.generation_defaults import GenerationDefaults
+    from unimask.pipelines.pipeline_uni import UniPipeline
+    from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
+
+    layout, text_tokenizer, _ = shapes_layout_and_builder(paths)
+    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone")).eval()
+
+    # The decoder-side VAE fine-tune keeps the encoder, so the transformers' latents stay valid.
+    sharpened_vae = paths.export("vae_decoder") / "vae"
+
+    def decoder(folder: Path, variant: str) -> SemanticImageDecoder:
+        return SemanticImageDecoder(
+            sigvq=SigVQEmbedding.from_pretrained(folder / "sigvq"),
+            transformer=ZImageTransformer2DModel.from_pretrained(folder / "transformer"),
+            vae=AutoencoderKL.from_pretrained(sharpened_vae if sharpened_vae.is_dir() else folder / "vae"),
+            scheduler=make_decoder_scheduler(variant),
+            decoder_variant=variant,
+        )
+
+    turbo = decoder(paths.export("decoder_distill") / "decoder", "turbo")
+    normal = decoder(paths.export("decoder_flow") / "decoder", "normal")
+    pipe = UniPipeline(backbone, text_tokenizer, _shapes_tokenizer(paths), turbo, layout, GenerationDefaults(GENERATION_DEFAULTS))
+    pipe._decoders["normal"] = normal  # saved as decoder-normal/ next to the turbo decoder
+    pipe.save_pretrained(paths.out)
+    size = sum(f.stat().st_size for f in paths.out.rglob("*") if f.is_file())
+    logger.info("saved the default model to %s (%.1f MB)", paths.out, size / 1e6)
+    if size > 60e6:
+        raise ValueError(f"the assembled model is {size / 1e6:.1f} MB, over the 60 MB budget")
+
+
+def _stage_decoder_distill(paths: BuildPaths) -> None:
+    _train("decoder_distill", paths)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
+    "text_tokenizer": _stage_text_tokenizer,
+    "caption_shards": _stage_caption_shards,
+    "coded_shards": _stage_coded_shards,
+    "backbone_data": _stage_backbone_data,
+    "assemble": _stage_assemble,
+}
+
+
+def run_stage(stage: str, paths: BuildPaths) -> float:
+    """Run one stage (skipped when its output exists, resumed when it has a checkpoint); returns seconds."""
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r} is not one of {STAGES}")
+    started = time.perf_counter()
+    if stage in RECIPES:
+        if (paths.export(stage)).is_dir():
+            logger.info("%s: export exists, skipped", stage)
+        else:
+            _train(stage, paths)
+    elif stage == "text_tokenizer" and (paths.text_tokenizer / "tokenizer.json").is_file():
+        logger.info("text_tokenizer: exists, skipped")
+    else:
+        STAGE_FUNCTIONS[stage](paths)
+    elapsed = time.perf_counter() - started
+    logger.info("stage %s done in %.1f s", stage, elapsed)
+    return elapsed
+
+
+def build(paths: BuildPaths, stages: tuple[str, ...] = STAGES) -> dict[str, float]:
+    """Run ``stages`` in order; returns ``{stage: seconds}``."""
+    return {stage: run_stage(stage, paths) for stage in stages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``[--stage NAME ...] [--quick] [--root DIR] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m unimask.shapes.build_default", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke build under <root>/quick")
+    parser.add_argument("--root", default="runs", help="folder for shards, checkpoints and exports")
+    parser.add_argument("--out", default=None, help="where to save the pipeline (default: unimask/default_model)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = Path(args.root) / "quick" if args.quick else Path(args.root)
+    out = Path(args.out) if args.out else (root / "default_model" if args.quick else DEFAULT_OUT)
+    times = build(BuildPaths(root, out, args.quick), tuple(args.stage or STAGES))
+    print(json.dumps({"seconds": times}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
