@@ -15,6 +15,7 @@ from unimask.default_model import default_model_available
 
 # About 10 s on the tiny stand-in (browser start included); slow only on the shipped model.
 pytestmark = [pytest.mark.slow] if default_model_available() else []
+BACKGROUND_QUESTION = "what color is the background?"
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +48,18 @@ def test_text_to_image_renders_an_image(browser_page):
 
 def test_understanding_renders_the_answer(browser_page, launched):
     from unimask.demo import demo_samples
-    from unimask.shapes.evaluate import expected_text
     from unimask.web_demo_screenshots import run_tab
 
-    run_tab(browser_page, "understanding")  # the tab starts with a Shapes World image and question
+    # The tab starts with a Shapes World image; ask the question the shipped model answers reliably
+    # (background colour: 100% in docs/model-card.md; its object questions are far weaker).
+    run_tab(browser_page, "understanding", BACKGROUND_QUESTION)
     answer = browser_page.locator("#understanding-answer textarea").input_value()
     assert answer.strip()
     assert "forward passes" in browser_page.locator("#understanding-stats").inner_text()
     _, _, shipped = launched
     if shipped:
-        assert expected_text(demo_samples(0)["understanding"]).lower() in answer.lower()
+        scene = demo_samples(0)["understanding"]["images"][0]
+        assert scene.background in answer.lower()
 
 
 def test_advanced_option_reaches_the_pipeline(browser_page):

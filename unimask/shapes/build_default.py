@@ -12,6 +12,7 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     caption_shards   scenes + captions                        -> <root>/shards/captions
     tokenizer_siglip image tokenizer stage 1  (configs/shapes/tokenizer-siglip.yaml)
     tokenizer_vq     image tokenizer stage 2  (configs/shapes/tokenizer-vq.yaml)
+    tokenizer_probe  linear probes code -> colour / shape / size -> <root>/shapes/tokenizer-vq/code_probe.json
     coded_shards     new scenes + their code grids            -> <root>/shards/coded
     vae              the decoder's VAE        (configs/shapes/vae.yaml; captions + coded shards)
     backbone_data    task shards -> codes -> sequences        -> <root>/shards/tasks, <root>/shards/backbone
@@ -42,7 +43,7 @@ logger = logging.getLogger("unimask.shapes.build_default")
 RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
 STAGES = (
-    "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "coded_shards", "vae",
+    "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "assemble",
 )
 RECIPES = {
@@ -55,7 +56,9 @@ RECIPES = {
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
-COUNTS = {"captions": (6000, 64), "coded": (6000, 64), "tasks": (20000, 64)}
+COUNTS = {"captions": (6000, 64), "coded": (6000, 64), "tasks": (20000, 64), "probe": (1500, 40)}
+# Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
+PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
 ANSWER_LENGTH = 32
 INTERLEAVED_TEXT_LENGTH = 48
@@ -206,6 +209,26 @@ def _codebook_size(config: dict) -> int:
     return int(vq["num_embeddings"])
 
 
+def _stage_tokenizer_probe(paths: BuildPaths) -> None:
+    import random
+
+    from unimask.shapes.code_probe import probe_codes
+    from unimask.shapes.scene import sample_scene
+
+    tokenizer = _shapes_tokenizer(paths)
+    rng = random.Random("shapes-code-probe")
+    count = paths.count("probe")
+    train, test = [sample_scene(rng) for _ in range(count)], [sample_scene(rng) for _ in range(count // 3 + 1)]
+    result = probe_codes(lambda images: tokenizer.encode(images, "shapes_world").ids, train, test,
+                         codebook_size=tokenizer.codebook_size)
+    target = paths.export("tokenizer_vq").parent / "code_probe.json"
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    for attribute, scores in result.items():
+        level = logging.WARNING if scores["accuracy"] < PROBE_WARNING_ACCURACY else logging.INFO
+        logger.log(level, "image codes -> %s: probe accuracy %.3f (chance %.3f)%s", attribute, scores["accuracy"],
+                   scores["chance"], "; the codes lose it, later stages cannot recover it" if level == logging.WARNING else "")
+
+
 def _stage_backbone_data(paths: BuildPaths) -> None:
     from unimask.data.loader import expand_shard_paths
     from unimask.shapes.backbone_samples import convert_shards
@@ -266,6 +289,7 @@ def _stage_decoder_distill(paths: BuildPaths) -> None:
 STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "text_tokenizer": _stage_text_tokenizer,
     "caption_shards": _stage_caption_shards,
+    "tokenizer_probe": _stage_tokenizer_probe,
     "coded_shards": _stage_coded_shards,
     "backbone_data": _stage_backbone_data,
     "assemble": _stage_assemble,
