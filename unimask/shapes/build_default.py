@@ -183,13 +183,18 @@ def _stage_caption_shards(paths: BuildPaths) -> None:
         _mark(paths.shards("captions"))
 
 
-def _stage_coded_shards(paths: BuildPaths) -> None:
-    folder = paths.shards("coded")
+def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str) -> None:
+    """Write ``<root>/shards/<name>`` (unless its shards exist) and add image codes; marked done after."""
+    folder = paths.shards(name)
     if not _done(folder):
         if not any(folder.glob("*.tar")):
-            _write(paths, "coded", seed=2, kind="captions")
-        _add_codes(paths, "coded")
+            _write(paths, name, seed=seed, kind=kind)
+        _add_codes(paths, name)
         _mark(folder)
+
+
+def _stage_coded_shards(paths: BuildPaths) -> None:
+    _coded_shard_set(paths, "coded", seed=2, kind="captions")
 
 
 def shapes_layout_and_builder(paths: BuildPaths, max_length: int | None = None):
@@ -233,12 +238,8 @@ def _stage_backbone_data(paths: BuildPaths) -> None:
     from unimask.data.loader import expand_shard_paths
     from unimask.shapes.backbone_samples import convert_shards
 
+    _coded_shard_set(paths, "tasks", seed=3, kind="tasks")
     tasks = paths.shards("tasks")
-    if not _done(tasks):
-        if not any(tasks.glob("*.tar")):
-            _write(paths, "tasks", seed=3, kind="tasks")
-        _add_codes(paths, "tasks")
-        _mark(tasks)
     out = paths.shards("backbone")
     if not _done(out):
         _, _, builder = shapes_layout_and_builder(paths)
