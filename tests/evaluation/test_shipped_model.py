@@ -26,20 +26,18 @@ pytestmark = [
 
 EVAL_SEED = 0
 NUM_PER_TYPE = 4
-# Provisional floors until the shipped model's numbers are measured; set each a little under the measured
-# score (see the model card) when the model lands.
+# Measured on this suite (4 per type, seed 0) for the shipped model: understanding 0.46 / 0.46, turbo soft
+# 0.50 / 0.28, normal soft 0.25 / 0.25 (in distribution / held out); strict, editing and interleaved are 0
+# (docs/model-card.md, "What limits this model"), so they have no floor yet.
 MIN_SCORES = {
     "in_distribution": {
-        "understanding_accuracy": 0.6,
-        "text_to_image_turbo_soft": 0.6,
-        "text_to_image_turbo_strict": 0.2,
-        "text_to_image_normal_soft": 0.6,
-        "editing_accuracy": 0.2,
-        "multi_reference_accuracy": 0.1,
+        "understanding_accuracy": 0.35,
+        "text_to_image_turbo_soft": 0.35,
+        "text_to_image_normal_soft": 0.15,
     },
     "held_out": {
-        "understanding_accuracy": 0.4,
-        "text_to_image_turbo_soft": 0.4,
+        "understanding_accuracy": 0.35,
+        "text_to_image_turbo_soft": 0.2,
     },
 }
 
