@@ -28,7 +28,7 @@ from unimask.decoders.flow_schedule import (
     run_flow_sampler,
 )
 from unimask.decoders.official_checkpoint import load_official_transformer, load_transformer, load_vae
-from unimask.decoders.sigvq import SigVQEmbedding, load_sigvq_state_dict, sigvq_from_state_dict
+from unimask.decoders.sigvq import GRID_UPSAMPLE, SigVQEmbedding, load_sigvq_state_dict, sigvq_from_state_dict
 from unimask.decoders.vae_latents import decode_latents, vae_downsampling_factor
 from unimask.decoders.velocity import predict_velocity
 
@@ -191,6 +191,13 @@ class SemanticImageDecoder(DiffusionPipeline):
     def defaults(self) -> tuple[int, float]:
         """(num_inference_steps, guidance_scale) of this decoder's variant."""
         return VARIANT_DEFAULTS[self.config.decoder_variant]
+
+    @property
+    def max_grid_side(self) -> int | None:
+        """The largest token-grid side this decoder can decode (its SigVQ grid position embeddings'
+        reach), or None when any size works (the official decoder)."""
+        size = self.sigvq.config.grid_position_size
+        return size // GRID_UPSAMPLE if size else None
 
     def output_size(self, height: int, width: int, resolution_multiplier: int) -> tuple[int, int]:
         """Pixel size (H, W) of the image decoded from an (h, w) grid at this multiplier."""

@@ -187,7 +187,7 @@ class InterleavedPipeline(UniPipelineBase):
         layout = self.token_layout
         header = ids[opening + 1 : opening + 4]
         sizes = [layout.token_to_size(token) for token in header[:2]]
-        if len(header) == 3 and header[2] == layout.boi_id and all(size is not None and size >= 1 for size in sizes):
+        if len(header) == 3 and header[2] == layout.boi_id and self._grid_allowed(sizes, opening + 4):
             return ids[: opening + 4]
         head = ids[: opening + 1]
         spec = SequenceSpec(
@@ -197,12 +197,22 @@ class InterleavedPipeline(UniPipelineBase):
         options = {"block_length": 2, "num_inference_steps": 2, "threshold": 1.0}
         filled = self.sample([spec], options, "none", generator, "size_tokens", stats)[0].tolist()
         default = self.generation_defaults.options_for("interleaved", {})[2]["image_grid"]
-        h, w = (layout.token_to_size(token) or 0 for token in filled[len(head) : len(head) + 2])
-        fits = len(filled) + h * w + 1 <= self.backbone.config.max_position_embeddings
-        if min(h, w) < 1 or not fits:
-            # A sampled size of 0, or a grid too large for the context, falls back to the default grid.
+        sizes = [layout.token_to_size(token) for token in filled[len(head) : len(head) + 2]]
+        if not self._grid_allowed(sizes, len(filled)):
+            # A sampled size of 0, a grid too large for the context or for the decoder: the default grid.
             filled[len(head)], filled[len(head) + 1] = layout.size_token(int(default[0])), layout.size_token(int(default[1]))
         return filled
+
+    def _grid_allowed(self, sizes: list[int | None], header_end: int) -> bool:
+        """Whether an (h, w) header read from generated tokens can be generated and decoded: both sides
+        >= 1, the grid fits the context after ``header_end`` tokens, and the decoder reaches that far."""
+        if len(sizes) != 2 or any(size is None or size < 1 for size in sizes):
+            return False
+        h, w = sizes
+        if header_end + h * w + 1 > self.backbone.config.max_position_embeddings:
+            return False
+        limit = self.decoder.max_grid_side if self.decoder is not None else None
+        return limit is None or max(h, w) <= limit
 
     def _after_image(self, sample, sequence, length, max_length) -> None:
         """The image is generated: open the next text round, or finish at the context limit."""

@@ -145,10 +145,26 @@ class SigLIPStageModel(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
         self.loss_fn = SigLipLoss()
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, projection_dim) L2-normalised image embeddings."""
-        features = torch.stack(encode_vision_features(self.visual, pixel_values))
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, h, w, hidden) vision tower features (what the quantizer later codes)."""
+        return torch.stack(encode_vision_features(self.visual, pixel_values))
+
+    def image_embeddings(self, pixel_values: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, projection_dim) L2-normalised image embeddings (mean-pooled patches);
+        ``features`` (B, h, w, hidden) reuses a ``patch_features`` result."""
+        features = self.patch_features(pixel_values) if features is None else features
         return F.normalize(self.image_head(features.mean(dim=(1, 2))), dim=-1)
+
+    def region_embeddings(self, features: torch.Tensor, region_sample: torch.Tensor, region_cells: torch.Tensor) -> torch.Tensor:
+        """Embeddings of image regions: the mean of the patches a region covers, through ``image_head``.
+
+        features: (B, h, w, hidden); region_sample: (R,) int64 image of each region; region_cells:
+        (R, h * w) bool patches each region covers (at least one). Returns (R, projection_dim), L2-normalised.
+        """
+        flat = features.flatten(1, 2)[region_sample]  # (R, h * w, hidden)
+        weights = region_cells.to(flat.dtype)
+        pooled = (flat * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
+        return F.normalize(self.image_head(pooled), dim=-1)
 
     def text_embeddings(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, projection_dim) L2-normalised text embeddings."""
@@ -172,12 +188,23 @@ def build_siglip_stage(
     return SigLIPStageModel(visual.train(), text_tower, config.projection_dim)
 
 
-def siglip_stage_loss(model: SigLIPStageModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def siglip_stage_loss(model: SigLIPStageModel, batch: dict, region_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Sigmoid contrastive loss of one image-caption batch.
 
-    batch: ``pixel_values`` (B, 3, H, W), ``text_ids`` (B, T) int64, optional ``text_mask`` (B, T).
-    Returns (loss, metrics) with metrics ``siglip_loss``, ``logit_scale`` (exp), ``logit_bias`` and
-    ``retrieval_accuracy`` (image -> caption top-1 within the batch).
+    batch: ``pixel_values`` (B, 3, H, W), ``text_ids`` (B, T) int64, optional ``text_mask`` (B, T),
+    optional ``negative_text_ids`` / ``negative_text_mask`` (B, T): one hard-negative caption per
+    image, each a negative for every image (the sigmoid loss's pairwise terms, summed and divided by B
+    as for the in-batch pairs).
+    Optional grounded regions (R of them over the batch): ``region_sample`` (R,) int64 image index,
+    ``region_cells`` (R, h * w) bool patches covered, ``region_text_ids`` (R, T) the region's phrase,
+    optional ``region_same_text`` (R, R) bool (default: equal phrase ids). Each region's mean patch
+    feature is contrasted with every phrase of the batch (sigmoid loss, positive where the phrases are
+    equal), weighted by ``region_weight``: the per-object signal a patch tokenizer needs, which one
+    caption per image gives only weakly (SigLIP 2 adds local objectives for the same reason).
+    Returns (loss, metrics) with metrics ``siglip_loss`` (the total), ``logit_scale`` (exp), ``logit_bias`` and
+    ``retrieval_accuracy`` (image -> caption top-1 within the batch), plus, with negatives,
+    ``hard_negative_accuracy`` (fraction of images closer to their caption than to its hard negative),
+    and with regions ``region_loss`` and ``region_accuracy`` (region -> a phrase equal to its own, top-1).
     """
     pixel_values = _check_pixel_batch(batch)
     text_ids = batch.get("text_ids")
@@ -186,10 +213,26 @@ def siglip_stage_loss(model: SigLIPStageModel, batch: dict) -> tuple[torch.Tenso
     text_mask = batch.get("text_mask")
     if text_mask is None:
         text_mask = torch.ones_like(text_ids, dtype=torch.bool)
-    image_embeddings = model.image_embeddings(pixel_values)
+    features = model.patch_features(pixel_values)
+    image_embeddings = model.image_embeddings(pixel_values, features)
     text_embeddings = model.text_embeddings(text_ids, text_mask)
     logit_scale = model.logit_scale.exp()
     loss = model.loss_fn(image_embeddings, text_embeddings, logit_scale, model.logit_bias)
+    region_metrics = {}
+    if batch.get("region_text_ids") is not None and region_weight > 0:
+        region_loss, region_metrics = _region_loss(model, features, batch, logit_scale)
+        loss = loss + region_weight * region_loss
+    negative_ids = batch.get("negative_text_ids")
+    negative_embeddings = None
+    if negative_ids is not None:
+        if not isinstance(negative_ids, torch.Tensor) or negative_ids.shape != text_ids.shape:
+            raise ValueError(f"batch['negative_text_ids'] must be a tensor shaped like text_ids {tuple(text_ids.shape)}")
+        negative_mask = batch.get("negative_text_mask")
+        if negative_mask is None:
+            negative_mask = torch.ones_like(negative_ids, dtype=torch.bool)
+        negative_embeddings = model.text_embeddings(negative_ids, negative_mask)
+        negative_logits = model.loss_fn.get_logits(image_embeddings, negative_embeddings, logit_scale, model.logit_bias)
+        loss = loss - F.logsigmoid(-negative_logits).sum() / image_embeddings.shape[0]
     with torch.no_grad():
         similarity = image_embeddings @ text_embeddings.T
         accuracy = (similarity.argmax(dim=1) == torch.arange(len(similarity), device=similarity.device)).float().mean()
@@ -199,7 +242,37 @@ def siglip_stage_loss(model: SigLIPStageModel, batch: dict) -> tuple[torch.Tenso
         "logit_bias": model.logit_bias.item(),
         "retrieval_accuracy": accuracy.item(),
     }
+    if negative_embeddings is not None:
+        with torch.no_grad():
+            positive = (image_embeddings * text_embeddings).sum(-1)
+            negative = (image_embeddings * negative_embeddings).sum(-1)
+            metrics["hard_negative_accuracy"] = (positive > negative).float().mean().item()
+    metrics.update(region_metrics)
     return loss, metrics
+
+
+def _region_loss(model: SigLIPStageModel, features: torch.Tensor, batch: dict, logit_scale: torch.Tensor):
+    """Sigmoid loss between every region of the batch and every region phrase (positive where the
+    phrases are the same text), divided by the number of regions; and its metrics."""
+    region_sample, region_cells = batch["region_sample"], batch["region_cells"]
+    region_ids = batch["region_text_ids"]
+    count = int(region_sample.shape[0])
+    if region_cells.shape[0] != count or region_ids.shape[0] != count or region_cells.shape[1] != features.shape[1] * features.shape[2]:
+        raise ValueError(
+            f"batch regions disagree: region_sample {tuple(region_sample.shape)}, region_cells "
+            f"{tuple(region_cells.shape)} (needs (R, {features.shape[1] * features.shape[2]})), region_text_ids {tuple(region_ids.shape)}"
+        )
+    regions = model.region_embeddings(features, region_sample, region_cells)
+    phrases = model.text_embeddings(region_ids, region_ids > 0)
+    same = batch.get("region_same_text")
+    if same is None:
+        same = (region_ids.unsqueeze(1) == region_ids.unsqueeze(0)).all(-1)
+    labels = same.to(regions.dtype) * 2 - 1
+    logits = model.loss_fn.get_logits(regions, phrases, logit_scale, model.logit_bias)
+    loss = -F.logsigmoid(labels * logits).sum() / count
+    with torch.no_grad():
+        accuracy = same[torch.arange(count), (regions @ phrases.T).argmax(dim=1)].float().mean()
+    return loss, {"region_loss": loss.item(), "region_accuracy": accuracy.item()}
 
 
 @dataclass

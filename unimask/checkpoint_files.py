@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["read_json_object", "load_safetensors", "load_state_dict_strict"]
+__all__ = ["read_json_object", "load_safetensors", "load_state_dict_strict", "load_folder_weights_strict"]
 
 
 def read_json_object(path: str | Path) -> dict:
@@ -75,3 +75,22 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
                 f"the model expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_folder_weights_strict(model: nn.Module, folder: str | Path) -> None:
+    """Load every ``*.safetensors`` file of ``folder`` (one file or shards) into ``model``, exactly.
+
+    Used to continue training from a saved model (``stage_options.init``): the model is built from
+    the recipe, so a folder saved with another architecture is refused, not silently adapted.
+
+    Raises:
+        ValueError: no safetensors file in ``folder``, an unreadable file, or (from
+            ``load_state_dict_strict``) missing / unexpected keys or a shape mismatch.
+    """
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_safetensors(file))
+    load_state_dict_strict(model, state)

@@ -154,3 +154,123 @@ def test_siglip2_weights_map_onto_the_vision_tower():
         ).hidden_states[-1][0]
         ours = encode_vision_features(visual, image)[0].reshape(16, 32)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_hard_negatives_add_their_sigmoid_terms():
+    config = ImageTokenizerTrainingConfig()
+    model = build_siglip_stage(config)
+    batch = {"pixel_values": block_images(4, seed=2), "text_ids": torch.randint(1, 200, (4, 6))}
+    plain, _ = siglip_stage_loss(model, batch)
+    negatives = torch.randint(1, 200, (4, 6))
+    with_negatives, metrics = siglip_stage_loss(model, {**batch, "negative_text_ids": negatives})
+    with torch.no_grad():
+        images = model.image_embeddings(batch["pixel_values"])
+        texts = model.text_embeddings(negatives, torch.ones_like(negatives, dtype=torch.bool))
+        logits = model.logit_scale.exp() * images @ texts.T + model.logit_bias
+        expected = plain - torch.nn.functional.logsigmoid(-logits).sum() / 4
+    assert torch.allclose(with_negatives, expected, atol=1e-5)
+    assert 0.0 <= metrics["hard_negative_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="negative_text_ids"):
+        siglip_stage_loss(model, {**batch, "negative_text_ids": negatives[:3]})
+
+
+def test_hard_negative_caption_swaps_one_whole_word_of_a_group():
+    import random
+
+    from unimask.training.stage_tokenizer_siglip import hard_negative_caption
+
+    groups = [["circle", "square", "triangle"], ["red", "blue"]]
+    caption = "a small red circle at the top and a large blue square in the center"
+    seen = set()
+    for seed in range(40):
+        negative = hard_negative_caption(caption, groups, random.Random(seed))
+        changed = [(a, b) for a, b in zip(caption.split(), negative.split()) if a != b]
+        assert len(changed) == 1 and len(negative.split()) == len(caption.split())
+        original, replacement = changed[0]
+        assert any(original in group and replacement in group for group in groups)
+        seen.add(changed[0])
+    assert len(seen) >= 6  # every occurrence and several replacements are drawn
+    assert hard_negative_caption("a redder circles", [["red", "blue"]], random.Random(0)) is None
+
+
+def test_siglip_stage_builds_hard_negatives_and_checks_groups(tmp_path):
+    from PIL import Image
+
+    from unimask.config import ConfigError
+    from unimask.training.recipe import DataSection, TrainRecipe
+    from unimask.training.stage_tokenizer_siglip import SigLIPStage
+
+    def recipe(**options):
+        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
+                           model={"text_vocab_size": 300}, stage_options={"image_size": 32, **options})
+
+    samples = [{"__key__": f"{i}", "images": [Image.new("RGB", (32, 32))], "json": {"caption": caption}}
+               for i, caption in enumerate(["a red circle", "a blue square", "nothing here"])]
+    stage = SigLIPStage(recipe(negative_word_groups=[["circle", "square"]]))
+    batch = stage.make_batch(samples)
+    decoded = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["negative_text_ids"]]
+    assert decoded == ["a red square", "a blue circle", "a red circle"]  # the last borrows the next caption
+    assert torch.equal(stage.make_batch(samples)["negative_text_ids"], batch["negative_text_ids"])
+    assert "negative_text_ids" not in SigLIPStage(recipe()).make_batch(samples)
+    for bad in ([["circle"]], "circle", [["circle", ""]]):
+        with pytest.raises(ConfigError, match="negative_word_groups"):
+            SigLIPStage(recipe(negative_word_groups=bad))
+
+
+def test_region_loss_contrasts_region_features_with_phrases():
+    config = ImageTokenizerTrainingConfig()
+    model = build_siglip_stage(config)
+    pixels = block_images(2, seed=3)  # 64 px -> 4 x 4 patches
+    cells = torch.zeros(3, 16, dtype=torch.bool)
+    cells[0, :2] = True
+    cells[1, 5] = True
+    cells[2, 10:12] = True
+    phrases = torch.tensor([[5, 6, 0], [7, 8, 9], [5, 6, 0]])  # regions 0 and 2 share a phrase
+    batch = {"pixel_values": pixels, "text_ids": torch.randint(1, 200, (2, 5)),
+             "region_sample": torch.tensor([0, 0, 1]), "region_cells": cells, "region_text_ids": phrases}
+    plain, _ = siglip_stage_loss(model, {k: batch[k] for k in ("pixel_values", "text_ids")})
+    total, metrics = siglip_stage_loss(model, batch, region_weight=0.5)
+    with torch.no_grad():
+        features = model.patch_features(pixels).flatten(1, 2)
+        pooled = torch.stack([features[0, :2].mean(0), features[0, 5], features[1, 10:12].mean(0)])
+        regions = torch.nn.functional.normalize(model.image_head(pooled), dim=-1)
+        texts = model.text_embeddings(phrases, phrases > 0)
+        logits = model.logit_scale.exp() * regions @ texts.T + model.logit_bias
+        labels = torch.tensor([[1, -1, 1], [-1, 1, -1], [1, -1, 1]], dtype=torch.float32)
+        region_loss = -torch.nn.functional.logsigmoid(labels * logits).sum() / 3
+    assert torch.allclose(total, plain + 0.5 * region_loss, atol=1e-4)
+    assert abs(metrics["region_loss"] - region_loss.item()) < 1e-4 and 0 <= metrics["region_accuracy"] <= 1
+    assert torch.allclose(siglip_stage_loss(model, batch, region_weight=0.0)[0], plain, atol=1e-6)
+    with pytest.raises(ValueError, match="regions disagree"):
+        siglip_stage_loss(model, {**batch, "region_cells": cells[:, :8]})
+
+
+def test_siglip_stage_reads_grounded_regions(tmp_path):
+    from PIL import Image
+
+    from unimask.config import ConfigError
+    from unimask.training.recipe import DataSection, TrainRecipe
+    from unimask.training.stage_tokenizer_siglip import SigLIPStage
+
+    def recipe(**options):
+        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
+                           model={"text_vocab_size": 300}, stage_options={"image_size": 32, **options})
+
+    # 64 px images at image_size 32: boxes are halved, then cover the 16 px patches they overlap.
+    samples = [
+        {"__key__": "a", "images": [Image.new("RGB", (64, 64))],
+         "json": {"caption": "x", "regions": [{"box": [0, 0, 20, 20], "text": "red circle"}, {"box": [40, 40, 64, 64], "text": "blue"}]}},
+        {"__key__": "b", "images": [Image.new("RGB", (64, 64))], "json": {"caption": "y"}},
+        {"__key__": "c", "images": [Image.new("RGB", (64, 64))], "json": {"caption": "z", "regions": [{"box": [20, 0, 40, 30], "text": "red circle"}]}},
+    ]
+    batch = SigLIPStage(recipe(region_loss_weight=1.0)).make_batch(samples)
+    assert batch["region_sample"].tolist() == [0, 0, 2]
+    assert batch["region_cells"].tolist() == [[True, False, False, False], [False, False, False, True], [True, True, False, False]]
+    decoded = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["region_text_ids"]]
+    assert decoded == ["red circle", "blue", "red circle"]
+    assert "region_sample" not in SigLIPStage(recipe()).make_batch(samples)
+    with pytest.raises(ValueError, match="region must be"):
+        SigLIPStage(recipe(region_loss_weight=1.0)).make_batch([{**samples[0], "json": {"caption": "x", "regions": [{"box": [1, 2]}]}}])
+    for bad in (-1, "1", True):
+        with pytest.raises(ConfigError, match="region_loss_weight"):
+            SigLIPStage(recipe(region_loss_weight=bad))

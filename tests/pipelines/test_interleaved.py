@@ -46,3 +46,31 @@ def test_invalid_header_gets_sampled_size_tokens(pipe, scripted_pipe):
     h, w = out.images[0][0].shape
     assert 1 <= h <= layout.max_grid_side and 1 <= w <= layout.max_grid_side
     assert out.stats["nfe"]["size_tokens"] >= 1
+
+
+def test_header_beyond_the_decoders_reach_falls_back_to_the_default_grid(pipe, scripted_pipe, monkeypatch):
+    from unimask.decoders.semantic_decoder import SemanticImageDecoder
+
+    # A decoder with learned grid positions decodes at most its trained side; a generated header larger
+    # than that must not reach the decoder (it raised there before).
+    monkeypatch.setattr(SemanticImageDecoder, "max_grid_side", property(lambda self: 2))
+    default = tuple(int(side) for side in pipe.generation_defaults.options_for("interleaved", {})[2]["image_grid"])
+    scripted = scripted_pipe(_scripts(pipe, [(3, 1)]))
+    out = scripted.interleaved("draw", max_images=1, output_type="tokens")
+    assert [tuple(image.shape) for image in out.images[0]] == [default]
+    assert max(default) <= 2
+
+
+def test_decoder_reports_its_grid_reach():
+    from unimask.decoders.sigvq import SigVQEmbedding
+
+    class Stub:
+        pass
+
+    from unimask.decoders.semantic_decoder import SemanticImageDecoder
+
+    stub = Stub()
+    stub.sigvq = SigVQEmbedding(vocab_size=8, inner_dim=4, grid_position_size=16)
+    assert SemanticImageDecoder.max_grid_side.fget(stub) == 8
+    stub.sigvq = SigVQEmbedding(vocab_size=8, inner_dim=4)
+    assert SemanticImageDecoder.max_grid_side.fget(stub) is None

@@ -7,6 +7,7 @@ import pytest
 
 from unimask.shapes.backbone_samples import backbone_records, backbone_sequence
 from unimask.shapes.language import caption
+from unimask.shapes.scene import COLOURS
 from unimask.shapes.tasks import TASKS, iter_samples, sample_scenes, sample_task, sample_texts, sample_to_json
 from unimask.tokenizers.sequence_builders import ImageGrid
 from unimask.tokenizers.sequence_parser import TextSpan, parse_sequence
@@ -116,3 +117,16 @@ def test_backbone_records_from_coded_shards(tmp_path, shapes_builder):
         assert meta["task"] in TASKS
         assert 0 < meta["response_start"] < len(meta["input_ids"])
         assert max(meta["input_ids"]) < shapes_builder.layout.vocab_size
+
+
+def test_caption_records_ground_every_object_in_its_pixels():
+    for sample in iter_samples(20, seed=5, kind="captions"):
+        record, pixels = sample["json"], np.asarray(sample["images"][0])
+        assert len(record["regions"]) == len(record["scene"]["objects"])
+        for region, item in zip(record["regions"], record["scene"]["objects"]):
+            assert region["text"] == f"{item['size']} {item['colour']} {item['shape']}"
+            x0, y0, x1, y1 = region["box"]
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+            inside = pixels[y0:y1, x0:x1].reshape(-1, 3)
+            share = (inside == np.array(COLOURS[item["colour"]])).all(axis=1).mean()
+            assert share >= 0.4  # a triangle fills about half its box, a circle ~78%, a square all of it

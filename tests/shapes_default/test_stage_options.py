@@ -65,3 +65,50 @@ def test_vae_freeze_encoder_trains_only_the_decoder(tmp_path):
     model = VAEStage(_recipe("vae", tmp_path, freeze_encoder=True)).build_model()
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.decoder.parameters())
+
+
+def test_decoder_flow_continues_from_a_saved_decoder(tmp_path):
+    first = DecoderFlowStage(_recipe("decoder_flow", tmp_path)).build_model()
+    with torch.no_grad():
+        for parameter in first.transformer.parameters():
+            parameter.add_(0.5)
+    for part in ("transformer", "sigvq"):
+        getattr(first, part).save_pretrained(tmp_path / "decoder" / part)
+    stage = DecoderFlowStage(_recipe("decoder_flow", tmp_path, init=str(tmp_path / "decoder")))
+    parts = stage.build_model()
+    for part in ("transformer", "sigvq"):
+        for name, tensor in getattr(first, part).state_dict().items():
+            assert torch.equal(getattr(parts, part).state_dict()[name], tensor), (part, name)
+    assert all(p.requires_grad for p in parts.transformer.parameters())
+    with pytest.raises(ConfigError, match="init"):
+        DecoderFlowStage(_recipe("decoder_flow", tmp_path, init=str(tmp_path / "missing")))
+
+
+def _backbone_recipe(tmp_path, **options):
+    return TrainRecipe(stage="backbone", out_dir=str(tmp_path / "out"), data=DataSection(shards=["unused"]),
+                       model={"preset": "tiny"}, stage_options={"mask_token_id": 1, **options})
+
+
+def test_backbone_continues_from_a_saved_backbone(tmp_path):
+    from unimask.training.stage_backbone import BackboneStage
+
+    source = BackboneStage(_backbone_recipe(tmp_path)).build_model()
+    with torch.no_grad():
+        source.lm_head.weight.add_(1.0)
+    source.save_pretrained(tmp_path / "backbone")
+    model = BackboneStage(_backbone_recipe(tmp_path, init=str(tmp_path / "backbone"))).build_model()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(ConfigError, match="init"):
+        BackboneStage(_backbone_recipe(tmp_path, init=str(tmp_path / "missing")))
+
+
+def test_backbone_init_of_another_architecture_is_refused(tmp_path):
+    from unimask.training.stage_backbone import BackboneStage
+
+    recipe = _backbone_recipe(tmp_path)
+    recipe.model = {"preset": "tiny", "hidden_size": 48, "head_dim": 12}
+    BackboneStage(recipe).build_model().save_pretrained(tmp_path / "other")
+    stage = BackboneStage(_backbone_recipe(tmp_path, init=str(tmp_path / "other")))
+    with pytest.raises(ConfigError, match="does not fit"):
+        stage.build_model()

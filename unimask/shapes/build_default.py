@@ -9,7 +9,7 @@ simply started again. ``--quick`` runs the whole chain with tiny counts and 2 tr
 Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
 
     text_tokenizer   byte-level BPE on the grammar            -> <root>/shapes/text_tokenizer
-    caption_shards   scenes + captions                        -> <root>/shards/captions
+    caption_shards   scenes + captions + grounded object phrases -> <root>/shards/captions, captions-b
     tokenizer_siglip image tokenizer stage 1  (configs/shapes/tokenizer-siglip.yaml)
     tokenizer_vq     image tokenizer stage 2  (configs/shapes/tokenizer-vq.yaml)
     tokenizer_probe  linear probes code -> colour / shape / size -> <root>/shapes/tokenizer-vq/code_probe.json
@@ -56,7 +56,7 @@ RECIPES = {
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
-COUNTS = {"captions": (6000, 64), "coded": (6000, 64), "tasks": (20000, 64), "probe": (1500, 40)}
+COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (20000, 64), "probe": (1500, 40)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -178,9 +178,11 @@ def _stage_text_tokenizer(paths: BuildPaths) -> None:
 
 
 def _stage_caption_shards(paths: BuildPaths) -> None:
-    if not _done(paths.shards("captions")):
-        _write(paths, "captions", seed=1, kind="captions")
-        _mark(paths.shards("captions"))
+    # "captions" feeds every image stage; "captions-b" only widens the SigLIP stage's data.
+    for name, seed in (("captions", 1), ("captions-b", 4)):
+        if not _done(paths.shards(name)):
+            _write(paths, name, seed=seed, kind="captions")
+            _mark(paths.shards(name))
 
 
 def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str) -> None:

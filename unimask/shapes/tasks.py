@@ -25,7 +25,7 @@ from unimask.shapes.language import (
     sample_multi_reference,
     sample_question,
 )
-from unimask.shapes.scene import Scene, sample_scene
+from unimask.shapes.scene import CANVAS_SIZE, Scene, sample_scene
 
 TASKS: tuple[str, ...] = ("understanding", "text_to_image", "editing", "multi_reference_editing", "interleaved")
 SPLITS: tuple[str, ...] = ("in_distribution", "held_out")
@@ -165,6 +165,17 @@ def sample_from_json(record: dict[str, Any]) -> dict[str, Any]:
 SHARD_KINDS: tuple[str, ...] = ("tasks", "captions")
 
 
+def object_regions(scene: Scene) -> list[dict[str, Any]]:
+    """Each object's pixel box ``[x0, y0, x1, y1]`` (end exclusive, clipped to the canvas) and its phrase
+    ``"{size} {colour} {shape}"``."""
+    regions = []
+    for item in scene.objects:
+        x0, y0, side = item.box()
+        box = [max(x0, 0), max(y0, 0), min(x0 + side, CANVAS_SIZE), min(y0 + side, CANVAS_SIZE)]
+        regions.append({"box": box, "text": f"{item.size} {item.colour} {item.shape}"})
+    return regions
+
+
 def iter_samples(
     count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS
 ) -> Iterator[dict[str, Any]]:
@@ -173,7 +184,9 @@ def iter_samples(
     ``kind="tasks"``: one training task sample per record; ``json`` is :func:`sample_to_json` of the
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
     or steps). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
-    "caption": str, "scene": dict}``, one image (for the image tokenizer, VAE and decoder stages).
+    "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
+    (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
+    region loss), one image (for the image tokenizer, VAE and decoder stages).
     Yields ``{"__key__": "%08d", "json": dict, "images": [PIL RGB]}``; never a held-out pair.
     """
     from unimask.shapes.render import render
@@ -186,8 +199,8 @@ def iter_samples(
         rng = random.Random(f"shapes-captions-{seed}")
         for index in range(count):
             scene = sample_scene(rng)
-            yield {"__key__": f"{index:08d}", "json": {"task": "caption", "caption": caption(scene), "scene": scene.to_dict()},
-                   "images": [render(scene)]}
+            record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": object_regions(scene)}
+            yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene)]}
         return
     for index, sample in enumerate(training_samples(seed, count, tasks)):
         scenes = sample_scenes(sample)

@@ -11,7 +11,9 @@ block-diffusion masks, positions restarting per document).
     mask_token_id (int, required), objective ("masked" | "block", default "masked"),
     block_length (int, block objective; default 32) or block_schedule ({warmup_steps,
     stable_steps, decay_steps, start_block_length, final_block_length}: LLaDA2.0's WSD schedule
-    over the row length), router_z_loss_weight (float, default 0.0; > 0 also reports expert load).
+    over the row length), router_z_loss_weight (float, default 0.0; > 0 also reports expert load),
+    init (a saved backbone folder, ``*.safetensors`` of this recipe's architecture, to continue from;
+    default: random weights).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from unimask.training.stages import Stage
 
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
-_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight"}
+_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -68,13 +70,21 @@ class BackboneStage(Stage):
         self.block_length = int(options.get("block_length", 32))
         self.block_schedule = options.get("block_schedule")
         self.router_z_loss_weight = float(options.get("router_z_loss_weight", 0.0))
+        self.init = options.get("init")
+        if self.init is not None and not any(Path(self.init).glob("*.safetensors")):
+            raise ConfigError(f"stage_options.init={self.init!r} is not a saved backbone folder (no *.safetensors)")
         self.pad_id = self.model_config.pad_token_id if self.model_config.pad_token_id is not None else 0
         self.current_step = 0
 
     def build_model(self) -> nn.Module:
         from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
-        return LLaDA2MoeModelLM(self.model_config)
+        if self.init is None:
+            return LLaDA2MoeModelLM(self.model_config)
+        try:  # the recipe's architecture, the folder's weights (official layout, strictly checked)
+            return LLaDA2MoeModelLM.from_pretrained(self.init, config=self.model_config, dtype=torch.float32)
+        except ValueError as err:
+            raise ConfigError(f"stage_options.init={self.init!r} does not fit model: {err}") from None
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.model.layers)

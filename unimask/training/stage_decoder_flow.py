@@ -7,7 +7,9 @@ SigVQ and the VAE stay frozen; the transformer trains (with the SigVQ grid posit
 ``model``: ``{"preset": "<configs/models/decoder/NAME.yaml>"}``.
 ``stage_options``: ``condition_dropout`` (default 0.1), ``resolution_multiplier`` (default: the
 preset's), ``variant`` ("normal" | "turbo", the scheduler written with the export), ``init_vae``
-(a trained VAE folder, e.g. the ``vae`` stage's ``export/vae``; default: the preset's random VAE).
+(a trained VAE folder, e.g. the ``vae`` stage's ``export/vae``; default: the preset's random VAE),
+``init`` (a decoder folder with ``transformer/`` and ``sigvq/``, e.g. an earlier export's ``decoder``,
+to continue from; default: random weights).
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -78,7 +80,7 @@ class DecoderFlowStage(Stage):
 
     name = "decoder_flow"
     trainable: tuple[str, ...] = ("transformer",)
-    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None}
+    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None, "init": None}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -100,6 +102,9 @@ class DecoderFlowStage(Stage):
         init_vae = self.options.get("init_vae")
         if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
             raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
+        init = self.options.get("init")
+        if init is not None and not all((Path(init) / part / "config.json").is_file() for part in ("transformer", "sigvq")):
+            raise ConfigError(f"stage_options.init={init!r} is not a saved decoder folder (needs transformer/ and sigvq/)")
 
     def _build_decoder(self, variant: str):
         from unimask.decoders.decoder_presets import build_decoder
@@ -113,6 +118,14 @@ class DecoderFlowStage(Stage):
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL.from_pretrained(self.options["init_vae"])
+        if self.options.get("init") is not None:
+            from unimask.checkpoint_files import load_folder_weights_strict
+
+            for part in ("transformer", "sigvq"):
+                try:
+                    load_folder_weights_strict(getattr(decoder, part), Path(self.options["init"]) / part)
+                except ValueError as err:
+                    raise ConfigError(f"stage_options.init={self.options['init']!r}: {part} does not fit model.preset: {err}") from None
         return DecoderParts(decoder.sigvq, decoder.transformer, vae, self.trainable)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
