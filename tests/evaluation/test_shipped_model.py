@@ -28,7 +28,7 @@ EVAL_SEED = 0
 NUM_PER_TYPE = 4
 # Measured on this suite (4 per type, seed 0) for the shipped model: understanding 0.46 / 0.46, turbo soft
 # 0.50 / 0.28, normal soft 0.25 / 0.25 (in distribution / held out); strict, editing and interleaved are 0
-# (docs/model-card.md, "What limits this model"), so they have no floor yet.
+# (docs/model-card.md, "Image tokenizer: what its codes carry"), so they have no floor yet.
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.35,
