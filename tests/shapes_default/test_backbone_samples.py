@@ -7,7 +7,7 @@ import pytest
 
 from unimask.shapes.backbone_samples import backbone_records, backbone_sequence
 from unimask.shapes.language import caption
-from unimask.shapes.scene import COLOURS
+from unimask.shapes.scene import BACKGROUNDS, COLOURS
 from unimask.shapes.tasks import TASKS, iter_samples, sample_scenes, sample_task, sample_texts, sample_to_json
 from unimask.tokenizers.sequence_builders import ImageGrid
 from unimask.tokenizers.sequence_parser import TextSpan, parse_sequence
@@ -122,11 +122,19 @@ def test_backbone_records_from_coded_shards(tmp_path, shapes_builder):
 def test_caption_records_ground_every_object_in_its_pixels():
     for sample in iter_samples(20, seed=5, kind="captions"):
         record, pixels = sample["json"], np.asarray(sample["images"][0])
-        assert len(record["regions"]) == len(record["scene"]["objects"])
-        for region, item in zip(record["regions"], record["scene"]["objects"]):
+        objects = record["scene"]["objects"]
+        object_regions, free_cells = record["regions"][: len(objects)], record["regions"][len(objects) :]
+        for region, item in zip(object_regions, objects):
             assert region["text"] == f"{item['size']} {item['colour']} {item['shape']}"
             x0, y0, x1, y1 = region["box"]
             assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
             inside = pixels[y0:y1, x0:x1].reshape(-1, 3)
             share = (inside == np.array(COLOURS[item["colour"]])).all(axis=1).mean()
             assert share >= 0.4  # a triangle fills about half its box, a circle ~78%, a square all of it
+        # then up to four 16 px cells that show nothing but the background
+        assert 1 <= len(free_cells) <= 4
+        for region in free_cells:
+            x0, y0, x1, y1 = region["box"]
+            assert region["text"] == f"{record['scene']['background']} background"
+            assert x1 - x0 == y1 - y0 == 16 and x0 % 16 == 0 and y0 % 16 == 0
+            assert (pixels[y0:y1, x0:x1] == np.array(BACKGROUNDS[record["scene"]["background"]])).all()

@@ -176,6 +176,21 @@ def object_regions(scene: Scene) -> list[dict[str, Any]]:
     return regions
 
 
+BACKGROUND_REGIONS = 4  # background cells per caption record named as regions
+
+
+def background_regions(scene: Scene, rng: random.Random, count: int = BACKGROUND_REGIONS) -> list[dict[str, Any]]:
+    """Up to ``count`` 16 px grid cells that no object's box touches, each as a region named
+    ``"{background} background"`` (so a tokenizer's region loss also ties plain cells to one meaning)."""
+    boxes = [item.box() for item in scene.objects]
+    free = []
+    for top in range(0, CANVAS_SIZE, 16):
+        for left in range(0, CANVAS_SIZE, 16):
+            if all(left + 16 <= x0 or left >= x0 + side or top + 16 <= y0 or top >= y0 + side for x0, y0, side in boxes):
+                free.append([left, top, left + 16, top + 16])
+    return [{"box": box, "text": f"{scene.background} background"} for box in rng.sample(free, min(count, len(free)))]
+
+
 def iter_samples(
     count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS
 ) -> Iterator[dict[str, Any]]:
@@ -185,8 +200,9 @@ def iter_samples(
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
     or steps). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
     "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
-    (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
-    region loss), one image (for the image tokenizer, VAE and decoder stages).
+    (each object's pixel box, end exclusive, and its phrase, then up to four free 16 px cells named
+    ``"{background} background"``: grounded text for the image tokenizer's region loss), one image (for
+    the image tokenizer, VAE and decoder stages).
     Yields ``{"__key__": "%08d", "json": dict, "images": [PIL RGB]}``; never a held-out pair.
     """
     from unimask.shapes.render import render
@@ -199,7 +215,8 @@ def iter_samples(
         rng = random.Random(f"shapes-captions-{seed}")
         for index in range(count):
             scene = sample_scene(rng)
-            record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": object_regions(scene)}
+            regions = object_regions(scene) + background_regions(scene, random.Random(f"shapes-captions-{seed}-{index}"))
+            record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": regions}
             yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene)]}
         return
     for index, sample in enumerate(training_samples(seed, count, tasks)):
