@@ -15,6 +15,7 @@ import time
 import torch
 
 from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
+from unimask.decoders.vae_latents import vae_downsampling_factor
 
 
 def _time_decode(decoder, token_grids, multiplier: int, repeats: int) -> list[float]:
@@ -82,9 +83,9 @@ def run(quick: bool = False) -> dict:
         # The VAE decode is the same fixed cost in both paths; at this small size it is about as long as
         # the 8 turbo transformer steps, which caps the wall ratio well under the evaluation ratio.
         vae = decoder.vae
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        latents = torch.randn(1, vae.config.latent_channels, height * 16 * multiplier // factor,
-                              width * 16 * multiplier // factor, device=device)
+        factor = vae_downsampling_factor(vae)
+        pixel_height, pixel_width = decoder.output_size(height, width, multiplier)
+        latents = torch.randn(1, vae.config.latent_channels, pixel_height // factor, pixel_width // factor, device=device)
         vae.decode(latents)
         vae_times = []
         for _ in range(repeats):

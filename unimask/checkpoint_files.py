@@ -78,7 +78,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
 
 
 def load_folder_weights_strict(model: nn.Module, folder: str | Path) -> None:
-    """Load every ``*.safetensors`` file of ``folder`` (one file or shards) into ``model``, exactly.
+    """Load the safetensors weights of ``folder`` (one file, indexed shards or every ``*.safetensors``;
+    ``checkpoint_files``) into ``model``, exactly.
 
     Used to continue training from a saved model (``stage_options.init``): the model is built from
     the recipe, so a folder saved with another architecture is refused, not silently adapted.
@@ -87,10 +88,9 @@ def load_folder_weights_strict(model: nn.Module, folder: str | Path) -> None:
         ValueError: no safetensors file in ``folder``, an unreadable file, or (from
             ``load_state_dict_strict``) missing / unexpected keys or a shape mismatch.
     """
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder} holds no *.safetensors weights")
+    from unimask.unimodal.checkpoint_layout import checkpoint_files
+
     state: dict[str, torch.Tensor] = {}
-    for file in files:
+    for file in checkpoint_files(folder):
         state.update(load_safetensors(file))
     load_state_dict_strict(model, state)

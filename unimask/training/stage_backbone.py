@@ -71,8 +71,13 @@ class BackboneStage(Stage):
         self.block_schedule = options.get("block_schedule")
         self.router_z_loss_weight = float(options.get("router_z_loss_weight", 0.0))
         self.init = options.get("init")
-        if self.init is not None and not any(Path(self.init).glob("*.safetensors")):
-            raise ConfigError(f"stage_options.init={self.init!r} is not a saved backbone folder (no *.safetensors)")
+        if self.init is not None:
+            from unimask.unimodal.checkpoint_layout import checkpoint_files
+
+            try:
+                checkpoint_files(self.init)
+            except ValueError:
+                raise ConfigError(f"stage_options.init={self.init!r} is not a saved backbone folder (no *.safetensors)") from None
         self.pad_id = self.model_config.pad_token_id if self.model_config.pad_token_id is not None else 0
         self.current_step = 0
 
