@@ -274,3 +274,31 @@ def test_siglip_stage_reads_grounded_regions(tmp_path):
     for bad in (-1, "1", True):
         with pytest.raises(ConfigError, match="region_loss_weight"):
             SigLIPStage(recipe(region_loss_weight=bad))
+
+
+def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_so(tmp_path):
+    from unimask.config import ConfigError
+    from unimask.training.recipe import DataSection, TrainRecipe
+    from unimask.training.stage_tokenizer_siglip import SigLIPStage
+
+    def recipe(**options):
+        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
+                           model={"text_vocab_size": 300}, stage_options={"image_size": 64, **options})
+
+    pixels = torch.full((1, 3, 64, 64), 0.5)
+    pixels[:, :, :16, :16] = -1.0  # one dark patch in a plain image
+    stage = SigLIPStage(recipe(position_free=True))
+    model = stage.build_model()
+    position = model.visual.embeddings.position_embedding.weight
+    assert not position.requires_grad and torch.count_nonzero(position) == 0
+    with torch.no_grad():
+        plain = model.patch_features(pixels).flatten(1, 2)[0, 1:]  # every patch but the dark one
+    assert torch.allclose(plain, plain[:1].expand_as(plain), atol=1e-5)
+    loss, _ = siglip_stage_loss(model, {"pixel_values": pixels.repeat(2, 1, 1, 1), "text_ids": torch.randint(1, 200, (2, 5))})
+    loss.backward()
+    assert position.grad is None
+    with torch.no_grad():
+        learned = SigLIPStage(recipe()).build_model().patch_features(pixels).flatten(1, 2)[0, 1:]
+    assert not torch.allclose(learned, learned[:1].expand_as(learned), atol=1e-3)
+    with pytest.raises(ConfigError, match="position_free"):
+        SigLIPStage(recipe(position_free="yes"))

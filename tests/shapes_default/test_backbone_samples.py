@@ -120,7 +120,11 @@ def test_backbone_records_from_coded_shards(tmp_path, shapes_builder):
 
 
 def test_caption_records_ground_every_object_in_its_pixels():
-    for sample in iter_samples(20, seed=5, kind="captions"):
+    plain = list(iter_samples(20, seed=5, kind="captions"))
+    assert all(len(sample["json"]["regions"]) == len(sample["json"]["scene"]["objects"]) for sample in plain)
+    with pytest.raises(ValueError, match="background_regions"):
+        next(iter_samples(2, seed=5, kind="captions", background_regions=-1))
+    for sample in iter_samples(20, seed=5, kind="captions", background_regions=4):
         record, pixels = sample["json"], np.asarray(sample["images"][0])
         objects = record["scene"]["objects"]
         object_regions, free_cells = record["regions"][: len(objects)], record["regions"][len(objects) :]

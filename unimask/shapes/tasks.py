@@ -176,10 +176,7 @@ def object_regions(scene: Scene) -> list[dict[str, Any]]:
     return regions
 
 
-BACKGROUND_REGIONS = 4  # background cells per caption record named as regions
-
-
-def background_regions(scene: Scene, rng: random.Random, count: int = BACKGROUND_REGIONS) -> list[dict[str, Any]]:
+def _background_regions(scene: Scene, rng: random.Random, count: int = 4) -> list[dict[str, Any]]:
     """Up to ``count`` 16 px grid cells that no object's box touches, each as a region named
     ``"{background} background"`` (so a tokenizer's region loss also ties plain cells to one meaning)."""
     boxes = [item.box() for item in scene.objects]
@@ -192,7 +189,7 @@ def background_regions(scene: Scene, rng: random.Random, count: int = BACKGROUND
 
 
 def iter_samples(
-    count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS
+    count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS, background_regions: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Shard samples (the ``unimask data write --generator shapes`` source), rendered at 128 px.
 
@@ -200,9 +197,9 @@ def iter_samples(
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
     or steps). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
     "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
-    (each object's pixel box, end exclusive, and its phrase, then up to four free 16 px cells named
-    ``"{background} background"``: grounded text for the image tokenizer's region loss), one image (for
-    the image tokenizer, VAE and decoder stages).
+    (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
+    region loss; then, when ``background_regions`` > 0, up to that many free 16 px cells named
+    ``"{background} background"``), one image (for the image tokenizer, VAE and decoder stages).
     Yields ``{"__key__": "%08d", "json": dict, "images": [PIL RGB]}``; never a held-out pair.
     """
     from unimask.shapes.render import render
@@ -211,11 +208,15 @@ def iter_samples(
         raise ValueError(f"kind={kind!r} is not one of {SHARD_KINDS}")
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"count={count!r} must be an integer >= 1")
+    if isinstance(background_regions, bool) or not isinstance(background_regions, int) or background_regions < 0:
+        raise ValueError(f"background_regions={background_regions!r} must be an integer >= 0")
     if kind == "captions":
         rng = random.Random(f"shapes-captions-{seed}")
         for index in range(count):
             scene = sample_scene(rng)
-            regions = object_regions(scene) + background_regions(scene, random.Random(f"shapes-captions-{seed}-{index}"))
+            regions = object_regions(scene)
+            if background_regions:
+                regions += _background_regions(scene, random.Random(f"shapes-captions-{seed}-{index}"), background_regions)
             record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": regions}
             yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene)]}
         return

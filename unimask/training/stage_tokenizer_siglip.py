@@ -14,6 +14,10 @@ is a whole word of the captions). Captions without such a word borrow the next c
 samples' grounded phrases, json ``"regions"``: ``[{"box": [x0, y0, x1, y1], "text": str}]`` in pixels
 of the stored image (end exclusive; Shapes World caption shards carry them); samples without regions
 add none.
+``position_free`` (bool, default false): zero the tower's absolute position embeddings and keep them
+frozen, so a patch's features depend on its pixels and the image's content but never on where the
+patch is (the token grid already says where). A plain background then gets the same code in every
+cell of an image, which a grid-position embedding lets drift from cell to cell.
 Export: ``vision_tower/model.safetensors`` + ``config.json`` (the tower, for the VQ stage's
 ``stage_options.init_vision``).
 """
@@ -96,9 +100,12 @@ class SigLIPStage(Stage):
         self.image_size = options.pop("image_size", 64)
         self.negative_word_groups = options.pop("negative_word_groups", None) or []
         self.region_loss_weight = options.pop("region_loss_weight", 0.0)
+        self.position_free = options.pop("position_free", False)
         if options:
             raise ConfigError(f"stage_options: unknown key(s) {sorted(options)} for stage {self.name!r}; "
-                              "allowed: ['image_size', 'negative_word_groups', 'region_loss_weight']")
+                              "allowed: ['image_size', 'negative_word_groups', 'position_free', 'region_loss_weight']")
+        if not isinstance(self.position_free, bool):
+            raise ConfigError(f"stage_options.position_free={self.position_free!r} must be true or false")
         if isinstance(self.region_loss_weight, bool) or not isinstance(self.region_loss_weight, (int, float)) or self.region_loss_weight < 0:
             raise ConfigError(f"stage_options.region_loss_weight={self.region_loss_weight!r} must be a number >= 0")
         groups = self.negative_word_groups
@@ -116,7 +123,13 @@ class SigLIPStage(Stage):
     def build_model(self) -> nn.Module:
         from unimask.tokenizers.image_tokenizer_training import build_siglip_stage
 
-        return build_siglip_stage(self.config)
+        model = build_siglip_stage(self.config)
+        if self.position_free:
+            position_embedding = model.visual.embeddings.position_embedding
+            with torch.no_grad():
+                position_embedding.weight.zero_()
+            position_embedding.requires_grad_(False)
+        return model
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.visual.blocks) if hasattr(model.visual, "blocks") else []
