@@ -27,6 +27,14 @@ def block_images(count: int, seed: int) -> torch.Tensor:
     return blocks.repeat_interleave(16, dim=2).repeat_interleave(16, dim=3)
 
 
+def siglip_recipe(tmp_path, image_size: int = 32, **options):
+    """A ``tokenizer_siglip`` recipe of the tiny defaults (byte captions need text_vocab_size >= 257)."""
+    from unimask.training.recipe import DataSection, TrainRecipe
+
+    return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
+                       model={"text_vocab_size": 300}, stage_options={"image_size": image_size, **options})
+
+
 def frozen_visual(config: ImageTokenizerTrainingConfig) -> GlmImageVisionModel:
     visual = GlmImageVisionModel(config.vision_config())
     with torch.no_grad():
@@ -197,24 +205,19 @@ def test_siglip_stage_builds_hard_negatives_and_checks_groups(tmp_path):
     from PIL import Image
 
     from unimask.config import ConfigError
-    from unimask.training.recipe import DataSection, TrainRecipe
     from unimask.training.stage_tokenizer_siglip import SigLIPStage
-
-    def recipe(**options):
-        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
-                           model={"text_vocab_size": 300}, stage_options={"image_size": 32, **options})
 
     samples = [{"__key__": f"{i}", "images": [Image.new("RGB", (32, 32))], "json": {"caption": caption}}
                for i, caption in enumerate(["a red circle", "a blue square", "nothing here"])]
-    stage = SigLIPStage(recipe(negative_word_groups=[["circle", "square"]]))
+    stage = SigLIPStage(siglip_recipe(tmp_path, negative_word_groups=[["circle", "square"]]))
     batch = stage.make_batch(samples)
     decoded = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["negative_text_ids"]]
     assert decoded == ["a red square", "a blue circle", "a red circle"]  # the last borrows the next caption
     assert torch.equal(stage.make_batch(samples)["negative_text_ids"], batch["negative_text_ids"])
-    assert "negative_text_ids" not in SigLIPStage(recipe()).make_batch(samples)
+    assert "negative_text_ids" not in SigLIPStage(siglip_recipe(tmp_path)).make_batch(samples)
     for bad in ([["circle"]], "circle", [["circle", ""]]):
         with pytest.raises(ConfigError, match="negative_word_groups"):
-            SigLIPStage(recipe(negative_word_groups=bad))
+            SigLIPStage(siglip_recipe(tmp_path, negative_word_groups=bad))
 
 
 def test_region_loss_contrasts_region_features_with_phrases():
@@ -249,12 +252,7 @@ def test_siglip_stage_reads_grounded_regions(tmp_path):
     from PIL import Image
 
     from unimask.config import ConfigError
-    from unimask.training.recipe import DataSection, TrainRecipe
     from unimask.training.stage_tokenizer_siglip import SigLIPStage
-
-    def recipe(**options):
-        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
-                           model={"text_vocab_size": 300}, stage_options={"image_size": 32, **options})
 
     # 64 px images at image_size 32: boxes are halved, then cover the 16 px patches they overlap.
     samples = [
@@ -263,31 +261,26 @@ def test_siglip_stage_reads_grounded_regions(tmp_path):
         {"__key__": "b", "images": [Image.new("RGB", (64, 64))], "json": {"caption": "y"}},
         {"__key__": "c", "images": [Image.new("RGB", (64, 64))], "json": {"caption": "z", "regions": [{"box": [20, 0, 40, 30], "text": "red circle"}]}},
     ]
-    batch = SigLIPStage(recipe(region_loss_weight=1.0)).make_batch(samples)
+    batch = SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch(samples)
     assert batch["region_sample"].tolist() == [0, 0, 2]
     assert batch["region_cells"].tolist() == [[True, False, False, False], [False, False, False, True], [True, True, False, False]]
     decoded = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["region_text_ids"]]
     assert decoded == ["red circle", "blue", "red circle"]
-    assert "region_sample" not in SigLIPStage(recipe()).make_batch(samples)
+    assert "region_sample" not in SigLIPStage(siglip_recipe(tmp_path)).make_batch(samples)
     with pytest.raises(ValueError, match="region must be"):
-        SigLIPStage(recipe(region_loss_weight=1.0)).make_batch([{**samples[0], "json": {"caption": "x", "regions": [{"box": [1, 2]}]}}])
+        SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch([{**samples[0], "json": {"caption": "x", "regions": [{"box": [1, 2]}]}}])
     for bad in (-1, "1", True):
         with pytest.raises(ConfigError, match="region_loss_weight"):
-            SigLIPStage(recipe(region_loss_weight=bad))
+            SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=bad))
 
 
 def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_so(tmp_path):
     from unimask.config import ConfigError
-    from unimask.training.recipe import DataSection, TrainRecipe
     from unimask.training.stage_tokenizer_siglip import SigLIPStage
-
-    def recipe(**options):
-        return TrainRecipe(stage="tokenizer_siglip", out_dir=str(tmp_path), data=DataSection(shards=["unused"]),
-                           model={"text_vocab_size": 300}, stage_options={"image_size": 64, **options})
 
     pixels = torch.full((1, 3, 64, 64), 0.5)
     pixels[:, :, :16, :16] = -1.0  # one dark patch in a plain image
-    stage = SigLIPStage(recipe(position_free=True))
+    stage = SigLIPStage(siglip_recipe(tmp_path, image_size=64, position_free=True))
     model = stage.build_model()
     position = model.visual.embeddings.position_embedding.weight
     assert not position.requires_grad and torch.count_nonzero(position) == 0
@@ -298,7 +291,7 @@ def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_s
     loss.backward()
     assert position.grad is None
     with torch.no_grad():
-        learned = SigLIPStage(recipe()).build_model().patch_features(pixels).flatten(1, 2)[0, 1:]
+        learned = SigLIPStage(siglip_recipe(tmp_path, image_size=64)).build_model().patch_features(pixels).flatten(1, 2)[0, 1:]
     assert not torch.allclose(learned, learned[:1].expand_as(learned), atol=1e-3)
     with pytest.raises(ConfigError, match="position_free"):
-        SigLIPStage(recipe(position_free="yes"))
+        SigLIPStage(siglip_recipe(tmp_path, image_size=64, position_free="yes"))

@@ -176,7 +176,7 @@ def object_regions(scene: Scene) -> list[dict[str, Any]]:
     return regions
 
 
-def _background_regions(scene: Scene, rng: random.Random, count: int = 4) -> list[dict[str, Any]]:
+def _background_regions(scene: Scene, rng: random.Random, count: int) -> list[dict[str, Any]]:
     """Up to ``count`` 16 px grid cells that no object's box touches, each as a region named
     ``"{background} background"`` (so a tokenizer's region loss also ties plain cells to one meaning)."""
     boxes = [item.box() for item in scene.objects]
