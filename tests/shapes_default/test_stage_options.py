@@ -112,3 +112,44 @@ def test_backbone_init_of_another_architecture_is_refused(tmp_path):
     stage = BackboneStage(_backbone_recipe(tmp_path, init=str(tmp_path / "other")))
     with pytest.raises(ConfigError, match="does not fit"):
         stage.build_model()
+
+
+def test_codebook_rows_keep_the_codebook_cosines_at_the_init_scale():
+    from unimask.training.code_embeddings import codebook_embedding_rows
+
+    codebook = torch.randn(40, 16) * torch.rand(40, 1) * 5
+    rows = codebook_embedding_rows(codebook, 64, std=0.02, generator=torch.Generator().manual_seed(0))
+    unit = torch.nn.functional.normalize(codebook, dim=-1)
+    assert rows.shape == (40, 64)
+    assert torch.allclose(torch.nn.functional.normalize(rows, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T,
+                          unit @ unit.T, atol=1e-5)
+    assert torch.allclose(rows.norm(dim=1), torch.full((40,), 0.02 * 64**0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="dim <= hidden_size"):
+        codebook_embedding_rows(torch.randn(4, 80), 64, std=0.02)
+
+
+def test_backbone_image_code_rows_start_from_the_codebook(tmp_path):
+    from unimask.tokenizers.tiny_image_tokenizer_checkpoint import write_tiny_official_image_tokenizer
+    from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
+    from unimask.training.stage_backbone import BackboneStage
+
+    folder = write_tiny_official_image_tokenizer(tmp_path / "image_tokenizer")
+    codebook = SigLIPVQTokenizer.from_pretrained(folder).vqmodel.quantize.embedding.weight.detach()
+    unit = torch.nn.functional.normalize(codebook, dim=-1)
+    recipe = _backbone_recipe(tmp_path, image_embeddings_init=str(folder))
+    recipe.model = {"preset": "tiny", "vocab_size": 256 + 64}
+    model = BackboneStage(recipe).build_model()
+    plain = BackboneStage(_backbone_recipe(tmp_path)).build_model()
+    for weight in (model.get_input_embeddings().weight, model.lm_head.weight):
+        rows = torch.nn.functional.normalize(weight[256:].detach(), dim=-1)
+        assert torch.allclose(rows @ rows.T, unit @ unit.T, atol=1e-5)
+    # text rows keep the usual random init scale
+    assert abs(model.get_input_embeddings().weight[2:256].std().item() - plain.get_input_embeddings().weight[2:256].std().item()) < 5e-3
+
+    mismatched = _backbone_recipe(tmp_path, image_embeddings_init=str(folder))  # tiny preset: 256 image codes
+    with pytest.raises(ConfigError, match="64 codes, the backbone 256"):
+        BackboneStage(mismatched).build_model()
+    with pytest.raises(ConfigError, match="cannot be combined with init"):
+        BackboneStage(_backbone_recipe(tmp_path, image_embeddings_init=str(folder), init=str(folder)))
+    with pytest.raises(ConfigError, match="not a saved image tokenizer"):
+        BackboneStage(_backbone_recipe(tmp_path, image_embeddings_init=str(tmp_path / "missing")))

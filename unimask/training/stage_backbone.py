@@ -13,7 +13,9 @@ block-diffusion masks, positions restarting per document).
     stable_steps, decay_steps, start_block_length, final_block_length}: LLaDA2.0's WSD schedule
     over the row length), router_z_loss_weight (float, default 0.0; > 0 also reports expert load),
     init (a saved backbone folder, ``*.safetensors`` of this recipe's architecture, to continue from;
-    default: random weights).
+    default: random weights), image_embeddings_init (a saved image tokenizer folder: a fresh model's
+    image-code rows of the input embedding and output head start as its codebook, see
+    ``unimask.training.code_embeddings``; not with ``init``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from unimask.training.stages import Stage
 
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
-_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init"}
+_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -78,6 +80,12 @@ class BackboneStage(Stage):
                 checkpoint_files(self.init)
             except ValueError:
                 raise ConfigError(f"stage_options.init={self.init!r} is not a saved backbone folder (no *.safetensors)") from None
+        self.image_embeddings_init = options.get("image_embeddings_init")
+        if self.image_embeddings_init is not None:
+            if self.init is not None:
+                raise ConfigError("stage_options.image_embeddings_init starts a fresh model; it cannot be combined with init")
+            if not (Path(self.image_embeddings_init) / "config.json").is_file():
+                raise ConfigError(f"stage_options.image_embeddings_init={self.image_embeddings_init!r} is not a saved image tokenizer folder (no config.json)")
         self.pad_id = self.model_config.pad_token_id if self.model_config.pad_token_id is not None else 0
         self.current_step = 0
 
@@ -85,7 +93,15 @@ class BackboneStage(Stage):
         from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
         if self.init is None:
-            return LLaDA2MoeModelLM(self.model_config)
+            model = LLaDA2MoeModelLM(self.model_config)
+            if self.image_embeddings_init is not None:
+                from unimask.training.code_embeddings import init_image_code_rows
+
+                try:
+                    init_image_code_rows(model, self.image_embeddings_init, seed=self.recipe.seed)
+                except ValueError as err:
+                    raise ConfigError(f"stage_options.image_embeddings_init: {err}") from None
+            return model
         try:  # the recipe's architecture, the folder's weights (official layout, strictly checked)
             return LLaDA2MoeModelLM.from_pretrained(self.init, config=self.model_config, dtype=torch.float32)
         except ValueError as err:
