@@ -65,6 +65,20 @@ def _check_token_tensors(input_ids: torch.Tensor, **named: torch.Tensor | None) 
             )
 
 
+def _check_text_loss_weight(text_loss_weight: float, modality: torch.Tensor | None) -> None:
+    if not (isinstance(text_loss_weight, (int, float)) and math.isfinite(text_loss_weight) and text_loss_weight > 0):
+        raise ValueError(f"text_loss_weight={text_loss_weight!r} must be a finite number > 0 (1.0: the plain ELBO)")
+    if text_loss_weight != 1.0 and modality is None:
+        raise ValueError("text_loss_weight != 1 needs modality (0 text / 1 image per position) to know the text positions")
+
+
+def _modality_weighted(token_weight: torch.Tensor, modality: torch.Tensor | None, text_loss_weight: float) -> torch.Tensor:
+    """(B, L) token weights with text positions (modality 0) scaled by ``text_loss_weight``."""
+    if text_loss_weight == 1.0:
+        return token_weight
+    return token_weight * torch.where(modality == 0, float(text_loss_weight), 1.0)
+
+
 def _masked_ce_and_metrics(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -132,6 +146,7 @@ def masked_diffusion_loss(
     stratified: bool = True,
     eps: float = 1e-3,
     router_z_loss_weight: float = 0.0,
+    text_loss_weight: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Masked-diffusion ELBO on (text + image-code) sequences.
@@ -148,14 +163,17 @@ def masked_diffusion_loss(
         stratified: stratify the ratios t over the batch.
         eps: smallest masking ratio.
         router_z_loss_weight: weight of the router z-loss added to the loss (0: not added).
+        text_loss_weight: factor on the CE of masked text positions (``modality`` 0) against image
+            codes (1.0: the plain ELBO); needs ``modality`` when not 1.
         generator: CPU generator for the ratios and the masks.
 
     Returns:
-        ``(loss, metrics)``: () float32 loss = mean over samples of ``sum_masked CE / t`` divided
-        by the sample's maskable count; metrics dict of floats (``loss``, ``ce``, ``acc``,
-        ``mask_ratio``, ``ce/text``, ``ce/image``, ...).
+        ``(loss, metrics)``: () float32 loss = mean over samples of ``sum_masked CE / t`` (text
+        positions times ``text_loss_weight``) divided by the sample's maskable count; metrics dict
+        of floats (``loss``, ``ce``, ``acc``, ``mask_ratio``, ``ce/text``, ``ce/image``, ...).
     """
     _check_token_tensors(input_ids, maskable=maskable, modality=modality)
+    _check_text_loss_weight(text_loss_weight, modality)
     batch = input_ids.shape[0]
     device = input_ids.device
     maskable = torch.ones_like(input_ids, dtype=torch.bool) if maskable is None else maskable.bool()
@@ -169,7 +187,7 @@ def masked_diffusion_loss(
         position_ids=position_ids,
         output_router_stats=router_z_loss_weight > 0,
     )
-    token_weight = (1.0 / ratio)[:, None].expand_as(input_ids)
+    token_weight = _modality_weighted((1.0 / ratio)[:, None].expand_as(input_ids), modality, text_loss_weight)
     loss, metrics = _masked_ce_and_metrics(output.logits, input_ids, masked, token_weight, maskable, modality)
     return _add_router_terms(loss, metrics, output, router_z_loss_weight), metrics
 
@@ -213,6 +231,7 @@ def block_diffusion_loss(
     stratified: bool = True,
     eps: float = 1e-3,
     router_z_loss_weight: float = 0.0,
+    text_loss_weight: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Block-diffusion ELBO with the packed ``[noisy ; clean]`` layout (one forward of length 2L).
@@ -231,12 +250,14 @@ def block_diffusion_loss(
         modality: (B, L) int, 0 text / 1 image, for per-modality metrics.
         document_ids: (B, L) ids of packed documents (no attention across them; positions and
             blocks restart per document).
-        stratified, eps, router_z_loss_weight, generator: as in `masked_diffusion_loss`.
+        stratified, eps, router_z_loss_weight, text_loss_weight, generator: as in
+            `masked_diffusion_loss`.
 
     Returns:
         ``(loss, metrics)`` as in `masked_diffusion_loss`, plus ``block_length``.
     """
     _check_token_tensors(input_ids, maskable=maskable, modality=modality, document_ids=document_ids)
+    _check_text_loss_weight(text_loss_weight, modality)
     if not isinstance(block_length, int) or block_length < 1:
         raise ValueError(f"block_length={block_length!r} must be a positive integer")
     batch, seq_len = input_ids.shape
@@ -264,7 +285,9 @@ def block_diffusion_loss(
         output_router_stats=router_z_loss_weight > 0,
     )
     noisy_logits = output.logits[:, :seq_len]
-    loss, metrics = _masked_ce_and_metrics(noisy_logits, input_ids, masked, 1.0 / token_ratio, maskable, modality)
+    loss, metrics = _masked_ce_and_metrics(
+        noisy_logits, input_ids, masked, _modality_weighted(1.0 / token_ratio, modality, text_loss_weight), maskable, modality
+    )
     metrics["block_length"] = float(block_length)
     return _add_router_terms(loss, metrics, output, router_z_loss_weight), metrics
 

@@ -153,3 +153,25 @@ def test_backbone_image_code_rows_start_from_the_codebook(tmp_path):
         BackboneStage(_backbone_recipe(tmp_path, image_embeddings_init=str(folder), init=str(folder)))
     with pytest.raises(ConfigError, match="not a saved image tokenizer"):
         BackboneStage(_backbone_recipe(tmp_path, image_embeddings_init=str(tmp_path / "missing")))
+
+
+def test_backbone_text_loss_weight_reaches_the_loss(tmp_path):
+    from unimask.training.stage_backbone import BackboneStage
+
+    plain = BackboneStage(_backbone_recipe(tmp_path))
+    weighted = BackboneStage(_backbone_recipe(tmp_path, text_loss_weight=4.0))
+    model = plain.build_model().eval()
+    offset = plain.model_config.image_token_offset
+    text_only = plain.make_batch([{"__key__": "t", "json": {"input_ids": list(range(10, 30)), "response_start": 4}}])
+    image_only = plain.make_batch([{"__key__": "i", "json": {"input_ids": list(range(offset, offset + 20)), "response_start": 4}}])
+
+    def loss(stage, batch):
+        torch.manual_seed(0)  # the same masks for both stages
+        with torch.no_grad():
+            return stage.loss(model, batch)[0].item()
+
+    assert loss(weighted, text_only) == pytest.approx(4.0 * loss(plain, text_only), rel=1e-5)
+    assert loss(weighted, image_only) == pytest.approx(loss(plain, image_only), rel=1e-5)
+    for bad in (0, -1.0, "2", True):
+        with pytest.raises(ConfigError, match="text_loss_weight"):
+            BackboneStage(_backbone_recipe(tmp_path, text_loss_weight=bad))

@@ -140,3 +140,33 @@ def test_losses_validate_shapes(tiny_backbone):
         masked_diffusion_loss(tiny_backbone, ids, mask_token_id=MASK_ID, modality=modality[:, :15])
     with pytest.raises(ValueError, match="block_length=0"):
         block_diffusion_loss(tiny_backbone, ids, mask_token_id=MASK_ID, block_length=0)
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "extra"),
+    [(masked_diffusion_loss, {}), (block_diffusion_loss, {"block_length": 4})],
+    ids=["masked_diffusion", "block_diffusion"],
+)
+def test_text_loss_weight_scales_text_positions_only(loss_fn, extra):
+    ids, modality = joint_batch()
+
+    def loss(weight, modality_map):
+        model = RecordingModel()  # uniform logits: every masked token costs log V
+        generator = torch.Generator().manual_seed(5)  # the same masks for every weight
+        return loss_fn(model, ids, mask_token_id=MASK_ID, modality=modality_map, text_loss_weight=weight,
+                       generator=generator, **extra)[0].item()
+
+    all_text, all_image = torch.zeros_like(modality), torch.ones_like(modality)
+    assert loss(3.0, all_text) == pytest.approx(3.0 * loss(1.0, all_text), rel=1e-6)
+    assert loss(3.0, all_image) == pytest.approx(loss(1.0, all_image), rel=1e-6)
+    mixed = loss(3.0, modality)
+    assert loss(1.0, modality) < mixed < 3.0 * loss(1.0, modality)
+
+
+def test_text_loss_weight_is_validated():
+    ids, modality = joint_batch()
+    model = RecordingModel()
+    with pytest.raises(ValueError, match="text_loss_weight=0"):
+        masked_diffusion_loss(model, ids, mask_token_id=MASK_ID, modality=modality, text_loss_weight=0)
+    with pytest.raises(ValueError, match="needs modality"):
+        block_diffusion_loss(model, ids, mask_token_id=MASK_ID, block_length=4, text_loss_weight=2.0)

@@ -15,7 +15,8 @@ block-diffusion masks, positions restarting per document).
     init (a saved backbone folder, ``*.safetensors`` of this recipe's architecture, to continue from;
     default: random weights), image_embeddings_init (a saved image tokenizer folder: a fresh model's
     image-code rows of the input embedding and output head start as its codebook, see
-    ``unimask.training.code_embeddings``; not with ``init``).
+    ``unimask.training.code_embeddings``; not with ``init``), text_loss_weight (float > 0, default
+    1.0: factor on the loss of masked text positions against image codes).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from unimask.training.stages import Stage
 
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
-_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init"}
+_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init",
+            "text_loss_weight"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -72,6 +74,9 @@ class BackboneStage(Stage):
         self.block_length = int(options.get("block_length", 32))
         self.block_schedule = options.get("block_schedule")
         self.router_z_loss_weight = float(options.get("router_z_loss_weight", 0.0))
+        self.text_loss_weight = options.get("text_loss_weight", 1.0)
+        if isinstance(self.text_loss_weight, bool) or not isinstance(self.text_loss_weight, (int, float)) or not 0 < self.text_loss_weight < float("inf"):
+            raise ConfigError(f"stage_options.text_loss_weight must be a number > 0 (1.0: the plain ELBO), got {self.text_loss_weight!r}")
         self.init = options.get("init")
         if self.init is not None:
             from unimask.unimodal.checkpoint_layout import checkpoint_files
@@ -156,7 +161,7 @@ class BackboneStage(Stage):
 
         ids, document_ids = batch["input_ids"], batch["document_ids"]
         common = dict(mask_token_id=self.mask_token_id, maskable=batch["maskable"], modality=batch["modality"],
-                      router_z_loss_weight=self.router_z_loss_weight)
+                      router_z_loss_weight=self.router_z_loss_weight, text_loss_weight=float(self.text_loss_weight))
         if self.objective == "block":
             return block_diffusion_loss(model, ids, block_length=self._current_block_length(ids.shape[1]), document_ids=document_ids, **common)
         mask = bidirectional_mask(ids.shape[1], document_ids=document_ids, device=ids.device)
