@@ -17,6 +17,7 @@ Run: ``python -m unimask.shapes.location_probe [--tokenizer DIR] [--num-objects 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -35,6 +36,7 @@ COLOUR_BASE, SHAPE_BASE, ANSWER_BASE = 32, 40, 48
 GRID = 8
 
 
+@dataclasses.dataclass
 class ProbeExamples:
     """Code grids and what is asked about them.
 
@@ -44,8 +46,10 @@ class ProbeExamples:
         cells: (N,) int64 index of its cell in ``CELLS`` (the answer).
     """
 
-    def __init__(self, grids: torch.Tensor, colours: torch.Tensor, shapes: torch.Tensor, cells: torch.Tensor):
-        self.grids, self.colours, self.shapes, self.cells = grids, colours, shapes, cells
+    grids: torch.Tensor
+    colours: torch.Tensor
+    shapes: torch.Tensor
+    cells: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.cells)
