@@ -65,9 +65,17 @@ def _check_token_tensors(input_ids: torch.Tensor, **named: torch.Tensor | None) 
             )
 
 
-def _check_text_loss_weight(text_loss_weight: float, modality: torch.Tensor | None) -> None:
-    if not (isinstance(text_loss_weight, (int, float)) and math.isfinite(text_loss_weight) and text_loss_weight > 0):
+def check_text_loss_weight(text_loss_weight: object) -> float:
+    """``text_loss_weight`` as a float; ValueError unless it is a finite number > 0 (not a bool)."""
+    if isinstance(text_loss_weight, bool) or not isinstance(text_loss_weight, (int, float)) or not (
+        math.isfinite(text_loss_weight) and text_loss_weight > 0
+    ):
         raise ValueError(f"text_loss_weight={text_loss_weight!r} must be a finite number > 0 (1.0: the plain ELBO)")
+    return float(text_loss_weight)
+
+
+def _check_text_loss_weight(text_loss_weight: float, modality: torch.Tensor | None) -> None:
+    check_text_loss_weight(text_loss_weight)
     if text_loss_weight != 1.0 and modality is None:
         raise ValueError("text_loss_weight != 1 needs modality (0 text / 1 image per position) to know the text positions")
 
@@ -352,6 +360,7 @@ __all__ = [
     "MODALITY_NAMES",
     "block_diffusion_loss",
     "block_size_schedule",
+    "check_text_loss_weight",
     "masked_diffusion_loss",
     "sample_mask_ratios",
     "sft_masked_diffusion_loss",

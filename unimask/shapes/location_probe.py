@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unimask.shapes.scene import CANVAS_SIZE, CELLS, COLOURS, SHAPES, sample_scene
+from unimask.shapes.scene import CANVAS_SIZE, CELLS, COLOURS, GRID_SIZE, SHAPES, sample_scene
 
 __all__ = ["ProbeExamples", "build_sequences", "run_location_probe", "scene_examples", "synthetic_examples"]
 
@@ -33,7 +33,8 @@ __all__ = ["ProbeExamples", "build_sequences", "run_location_probe", "scene_exam
 MASK_ID, BOI_ID, EOI_ID = 1, 2, 3
 FILLER_IDS = tuple(range(16, 26))
 COLOUR_BASE, SHAPE_BASE, ANSWER_BASE = 32, 40, 48
-GRID = 8
+CODE_GRID = 8  # image codes a side
+BATCH_SIZE = 64
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class ProbeExamples:
     """Code grids and what is asked about them.
 
     Attributes:
-        grids: (N, GRID * GRID) int64 image codes (0-based, before the backbone's image offset).
+        grids: (N, CODE_GRID * CODE_GRID) int64 image codes (0-based, before the backbone's image offset).
         colours, shapes: (N,) int64 index of the asked object's colour in ``COLOURS`` / shape in ``SHAPES``.
         cells: (N,) int64 index of its cell in ``CELLS`` (the answer).
     """
@@ -55,8 +56,9 @@ class ProbeExamples:
         return len(self.cells)
 
 
-def _cell_of_pixel(y: float, x: float) -> int:
-    return min(int(y * 3 // CANVAS_SIZE), 2) * 3 + min(int(x * 3 // CANVAS_SIZE), 2)
+def _cell_of_pixel(y: int, x: int) -> int:
+    """Index in ``CELLS`` of the third of the canvas holding pixel (y, x), as the checker reads it."""
+    return (y * GRID_SIZE // CANVAS_SIZE) * GRID_SIZE + x * GRID_SIZE // CANVAS_SIZE
 
 
 def synthetic_examples(count: int, seed: int) -> ProbeExamples:
@@ -70,10 +72,10 @@ def synthetic_examples(count: int, seed: int) -> ProbeExamples:
     generator = torch.Generator().manual_seed(seed)
     background = torch.randint(0, 3, (count,), generator=generator)
     colours = torch.randint(0, 6, (count,), generator=generator)
-    corners = torch.randint(0, GRID - 1, (count, 2), generator=generator)
-    grids = background[:, None, None].expand(count, GRID, GRID).clone()
+    corners = torch.randint(0, CODE_GRID - 1, (count, 2), generator=generator)
+    grids = background[:, None, None].expand(count, CODE_GRID, CODE_GRID).clone()
     cells = torch.empty(count, dtype=torch.long)
-    patch = CANVAS_SIZE // GRID
+    patch = CANVAS_SIZE // CODE_GRID
     for index, (row, col) in enumerate(corners.tolist()):
         grids[index, row:row + 2, col:col + 2] = 3 + colours[index]
         cells[index] = _cell_of_pixel((row + 1) * patch, (col + 1) * patch)
@@ -97,8 +99,8 @@ def scene_examples(image_tokenizer, count: int, num_objects: int, seed: int, chu
     for start in range(0, count, chunk):
         grids += image_tokenizer.encode([render(s) for s in scenes[start:start + chunk]], "shapes_world").ids
     grids = torch.as_tensor(np.asarray(grids, dtype=np.int64).reshape(count, -1))
-    if grids.shape[1] != GRID * GRID:
-        raise ValueError(f"the tokenizer gives {grids.shape[1]} codes an image; the probe needs an {GRID} x {GRID} grid")
+    if grids.shape[1] != CODE_GRID * CODE_GRID:
+        raise ValueError(f"the tokenizer gives {grids.shape[1]} codes an image; the probe needs an {CODE_GRID} x {CODE_GRID} grid")
     colour_names, asked = list(COLOURS), [scene.objects[0] for scene in scenes]
     return ProbeExamples(
         grids,
@@ -109,7 +111,7 @@ def scene_examples(image_tokenizer, count: int, num_objects: int, seed: int, chu
 
 
 def build_sequences(examples: ProbeExamples, image_token_offset: int) -> torch.Tensor:
-    """(N, GRID * GRID + 15) int64 backbone inputs; the last position is the masked answer."""
+    """(N, CODE_GRID * CODE_GRID + 15) int64 backbone inputs; the last position is the masked answer."""
     if image_token_offset <= ANSWER_BASE + len(CELLS):
         raise ValueError(f"image_token_offset={image_token_offset} must be > {ANSWER_BASE + len(CELLS)} (the probe's text ids)")
     count = len(examples)
@@ -130,7 +132,7 @@ def run_location_probe(
     train: ProbeExamples,
     test: ProbeExamples,
     steps: int,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     lr: float = 2e-3,
     eval_every: int = 100,
     seed: int = 0,
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = LLaDA2MoeConfig(**json.loads(Path(args.backbone_config).read_text()))
     history = run_location_probe(LLaDA2MoeModelLM(config), train, test, args.steps, seed=args.seed)
     result = {"grids": args.tokenizer or "synthetic", "num_objects": args.num_objects if args.tokenizer else 1,
-              "steps": args.steps, "batch_size": 64, "chance": round(1 / len(CELLS), 4), "history": history}
+              "steps": args.steps, "batch_size": BATCH_SIZE, "chance": round(1 / len(CELLS), 4), "history": history}
     print(json.dumps(result, indent=1))
     return result
 

@@ -31,6 +31,7 @@ from unimask.config import ConfigError, check_call_kwargs
 from unimask.presets import available_component_presets, read_component_preset
 from unimask.data.packing import pack_documents
 from unimask.training.stages import Stage
+from unimask.unimodal.losses import check_text_loss_weight
 
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
@@ -74,9 +75,10 @@ class BackboneStage(Stage):
         self.block_length = int(options.get("block_length", 32))
         self.block_schedule = options.get("block_schedule")
         self.router_z_loss_weight = float(options.get("router_z_loss_weight", 0.0))
-        self.text_loss_weight = options.get("text_loss_weight", 1.0)
-        if isinstance(self.text_loss_weight, bool) or not isinstance(self.text_loss_weight, (int, float)) or not 0 < self.text_loss_weight < float("inf"):
-            raise ConfigError(f"stage_options.text_loss_weight must be a number > 0 (1.0: the plain ELBO), got {self.text_loss_weight!r}")
+        try:
+            self.text_loss_weight = check_text_loss_weight(options.get("text_loss_weight", 1.0))
+        except ValueError as err:
+            raise ConfigError(f"stage_options.{err}") from None
         self.init = options.get("init")
         if self.init is not None:
             from unimask.unimodal.checkpoint_layout import checkpoint_files
@@ -161,7 +163,7 @@ class BackboneStage(Stage):
 
         ids, document_ids = batch["input_ids"], batch["document_ids"]
         common = dict(mask_token_id=self.mask_token_id, maskable=batch["maskable"], modality=batch["modality"],
-                      router_z_loss_weight=self.router_z_loss_weight, text_loss_weight=float(self.text_loss_weight))
+                      router_z_loss_weight=self.router_z_loss_weight, text_loss_weight=self.text_loss_weight)
         if self.objective == "block":
             return block_diffusion_loss(model, ids, block_length=self._current_block_length(ids.shape[1]), document_ids=document_ids, **common)
         mask = bidirectional_mask(ids.shape[1], document_ids=document_ids, device=ids.device)
