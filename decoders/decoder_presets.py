@@ -38,6 +38,9 @@ def load_decoder_preset(name_or_path: str | Path) -> dict:
         raise ValueError(f"decoder preset {path} lacks sections {missing}")
     if preset["sigvq"]["inner_dim"] != preset["transformer"]["cap_feat_dim"]:
         raise ValueError(f"{path}: sigvq.inner_dim must equal transformer.cap_feat_dim")
+    cell_dim = preset["transformer"].get("siglip_feat_dim")
+    if cell_dim is not None and cell_dim != preset["sigvq"]["inner_dim"]:
+        raise ValueError(f"{path}: transformer.siglip_feat_dim must equal sigvq.inner_dim (or be absent)")
     if preset["vae"]["latent_channels"] != preset["transformer"]["in_channels"]:
         raise ValueError(f"{path}: vae.latent_channels must equal transformer.in_channels")
     return preset
@@ -51,6 +54,8 @@ def random_transformer(config: dict, seed: int) -> ZImageTransformer2DModel:
     with torch.no_grad():
         model.x_pad_token.normal_(std=0.02)
         model.cap_pad_token.normal_(std=0.02)
+        if model.siglip_pad_token is not None:
+            model.siglip_pad_token.normal_(std=0.02)
     return model
 
 

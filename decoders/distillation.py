@@ -30,11 +30,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from unimask.decoders.flow_schedule import NORMAL_STEPS, reference_data_times
 from unimask.decoders.training_losses import check_decoder_batch
 from unimask.decoders.vae_latents import encode_pixels
-from unimask.decoders.velocity import predict_velocity
+from unimask.decoders.velocity import DecoderCondition, predict_velocity, reads_cell_features
 
 
 def consistency_function(
-    transformer, latents: torch.Tensor, data_time: torch.Tensor, features: torch.Tensor
+    transformer, latents: torch.Tensor, data_time: torch.Tensor, features: torch.Tensor | DecoderCondition
 ) -> torch.Tensor:
     """Clean-sample prediction x_t + (1 - t) * v(x_t, t) of an unguided transformer.
 
@@ -64,7 +64,7 @@ def distillation_loss(
     device = student.transformer.device
     data = encode_pixels(teacher.vae, batch["pixel_values"], generator=generator).to(device)
     with torch.no_grad():
-        features = teacher.sigvq.encode_grids(batch["token_grids"]).to(device)
+        features = teacher.sigvq.condition(batch["token_grids"], cells=reads_cell_features(teacher.transformer)).to(device)
     count = data.shape[0]
     grid = torch.as_tensor(reference_data_times(teacher_steps, stochastic=False), dtype=torch.float32, device=device)
     rng_device = generator.device if generator is not None else "cpu"

@@ -30,7 +30,7 @@ from unimask.decoders.flow_schedule import (
 from unimask.decoders.official_checkpoint import load_official_transformer, load_transformer, load_vae
 from unimask.decoders.sigvq import GRID_UPSAMPLE, SigVQEmbedding, load_sigvq_state_dict, sigvq_from_state_dict
 from unimask.decoders.vae_latents import decode_latents, vae_downsampling_factor
-from unimask.decoders.velocity import predict_velocity
+from unimask.decoders.velocity import predict_velocity, reads_cell_features
 
 TOKEN_PIXELS = 16  # one semantic token per 16 x 16 input pixels
 VARIANT_DEFAULTS = {"normal": (NORMAL_STEPS, 1.0), "turbo": (TURBO_STEPS, 0.0)}
@@ -246,12 +246,12 @@ class SemanticImageDecoder(DiffusionPipeline):
 
     def _decode_group(self, grids, steps, guidance_scale, generator, resolution_multiplier, callback):
         device = self._execution_device
-        features = self.sigvq.encode_grids(grids.to(device))
+        condition = self.sigvq.condition(grids.to(device), cells=reads_cell_features(self.transformer))
         batch, height, width = grids.shape
         latents = self.prepare_latents(batch, height, width, resolution_multiplier, generator, device)
 
         def velocity_fn(noisy: torch.Tensor, data_time: torch.Tensor) -> torch.Tensor:
-            return predict_velocity(self.transformer, noisy, data_time, features, guidance_scale)
+            return predict_velocity(self.transformer, noisy, data_time, condition, guidance_scale)
 
         latents = run_flow_sampler(self.scheduler, velocity_fn, latents, steps, generator, callback)
         return decode_latents(self.vae, latents)

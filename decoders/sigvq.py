@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from unimask.checkpoint_files import load_safetensors, load_state_dict_strict
+from unimask.decoders.velocity import DecoderCondition
 
 # The token grid is upsampled this much (nearest) before embedding: one feature per latent patch
 # of the 1024 px output of a 512 px token grid.
@@ -93,6 +94,20 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         rows = self.grid_row_embedding.weight[:height, None, :].expand(height, width, -1)
         cols = self.grid_col_embedding.weight[None, :width, :].expand(height, width, -1)
         return features + (rows + cols).reshape(1, height * width, -1).to(features.dtype)
+
+
+    def encode_cells(self, token_grids: torch.Tensor) -> torch.Tensor:
+        """Features of each grid cell, not upsampled and without grid position embeddings (a
+        transformer that reads them places them at the cells' own 2-D positions).
+
+        token_grids: (batch, h, w) int64 -> (batch, h, w, inner_dim).
+        """
+        return self(token_grids.to(self.device))
+
+    def condition(self, token_grids: torch.Tensor, cells: bool = False) -> DecoderCondition:
+        """The decoder transformer's condition for token grids (batch, h, w) int64: `encode_grids`
+        as the caption sequence, and with `cells` also `encode_cells` (see `reads_cell_features`)."""
+        return DecoderCondition(self.encode_grids(token_grids), self.encode_cells(token_grids) if cells else None)
 
 
 def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

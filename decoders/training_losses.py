@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
 from unimask.decoders.vae_latents import encode_pixels, vae_downsampling_factor
-from unimask.decoders.velocity import predict_velocity
+from unimask.decoders.velocity import predict_velocity, reads_cell_features
 
 TOKEN_PIXELS = 16
 
@@ -86,16 +86,16 @@ def flow_matching_loss(
     data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator).to(device)
     sigvq_trains = any(p.requires_grad for p in decoder_parts.sigvq.parameters())
     with torch.set_grad_enabled(sigvq_trains and torch.is_grad_enabled()):
-        features = decoder_parts.sigvq.encode_grids(batch["token_grids"]).to(device)
+        condition = decoder_parts.sigvq.condition(batch["token_grids"], cells=reads_cell_features(transformer)).to(device)
     count = data.shape[0]
     rng_device = generator.device if generator is not None else "cpu"
     keep = torch.rand(count, generator=generator, device=rng_device).to(device) >= condition_dropout
-    features = features * keep.view(count, 1, 1).to(features.dtype)
+    condition = condition.masked(keep)
     data_time = sample_data_time(count, generator, device, time_shift)
     noise = randn_tensor(data.shape, generator=generator, device=device, dtype=data.dtype)
     t = data_time.view(count, 1, 1, 1, 1)
     noisy = t * data + (1.0 - t) * noise
-    predicted = predict_velocity(transformer, noisy, data_time, features)
+    predicted = predict_velocity(transformer, noisy, data_time, condition)
     loss = F.mse_loss(predicted, data - noise)
     return loss, {"flow_matching_loss": float(loss.detach()), "condition_kept": float(keep.float().mean())}
 

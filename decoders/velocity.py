@@ -1,46 +1,112 @@
-"""Velocity prediction of the decoder transformer, with the reference's norm-clipped guidance."""
+"""Velocity prediction of the decoder transformer, with the reference's norm-clipped guidance.
+
+The official decoder reads SigVQ features as a caption (`cap_feats`, 1-D positions). A transformer
+built with `siglip_feat_dim` (the Shapes World preset) also reads the features of the grid's own
+cells through diffusers' omni path, where they sit at the 2-D rotary positions of the latent
+patches they describe, so a patch finds its own cell without learning where it is.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import ZImageTransformer2DModel
+
+
+@dataclass
+class DecoderCondition:
+    """SigVQ features a decoder transformer is conditioned on.
+
+    Attributes:
+        sequence: (batch, 4 * h * w, cap_feat_dim) features of the 2x-upsampled grid, read as the caption.
+        cells: (batch, h, w, siglip_feat_dim) features of the grid's cells, for transformers that
+            read them (`reads_cell_features`); None otherwise.
+    """
+
+    sequence: torch.Tensor
+    cells: torch.Tensor | None = None
+
+    def masked(self, keep: torch.Tensor) -> "DecoderCondition":
+        """Zero the features of samples where `keep` (batch,) bool is False (the unconditional branch)."""
+        def mask(tensor):
+            return tensor * keep.view(-1, *([1] * (tensor.dim() - 1))).to(tensor.dtype)
+
+        return DecoderCondition(mask(self.sequence), None if self.cells is None else mask(self.cells))
+
+    def with_unconditional(self) -> "DecoderCondition":
+        """This condition batch followed by as many all-zero (unconditional) samples."""
+        def double(tensor):
+            return torch.cat([tensor, torch.zeros_like(tensor)])
+
+        return DecoderCondition(double(self.sequence), None if self.cells is None else double(self.cells))
+
+    def to(self, device=None, dtype=None) -> "DecoderCondition":
+        """Move (and cast) both tensors."""
+        cells = None if self.cells is None else self.cells.to(device=device, dtype=dtype)
+        return DecoderCondition(self.sequence.to(device=device, dtype=dtype), cells)
+
+
+def reads_cell_features(transformer: ZImageTransformer2DModel) -> bool:
+    """Whether `transformer` takes cell features at 2-D positions (built with `siglip_feat_dim`)."""
+    return getattr(transformer, "siglip_embedder", None) is not None
 
 
 def predict_velocity(
     transformer: ZImageTransformer2DModel,
     latents: torch.Tensor,
     data_time: torch.Tensor,
-    features: torch.Tensor,
+    condition: torch.Tensor | DecoderCondition,
     guidance_scale: float = 0.0,
 ) -> torch.Tensor:
     """Velocity v = x_data - noise predicted at data time t (0 = noise, 1 = data).
 
-    latents: (batch, C, 1, h, w); data_time: (batch,) float in [0, 1];
-    features: (batch, seq, cap_feat_dim) SigVQ features -> (batch, C, 1, h, w) float32.
+    latents: (batch, C, 1, h, w); data_time: (batch,) float in [0, 1]; condition: a
+    `DecoderCondition`, or its `sequence` tensor (batch, seq, cap_feat_dim) alone for transformers
+    that do not read cell features -> (batch, C, 1, h, w) float32.
 
     guidance_scale > 0 runs a second, unconditional pass against all-zero features and returns
     `cond + guidance_scale * (cond - uncond)` rescaled per sample so its norm never exceeds the
     conditional prediction's (the reference convention: its default 1.0 equals diffusers' 2.0).
     """
+    if isinstance(condition, torch.Tensor):
+        condition = DecoderCondition(condition)
+    spatial = reads_cell_features(transformer)
+    if spatial and condition.cells is None:
+        raise ValueError("this decoder transformer reads cell features (built with siglip_feat_dim); pass a "
+                         "DecoderCondition with cells, e.g. from SigVQEmbedding.condition(grids, cells=True)")
     batch = latents.shape[0]
     dtype = transformer.dtype
     patch = transformer.config.all_patch_size[0]
     frame_patch = transformer.config.all_f_patch_size[0]
     x = latents.to(dtype)
-    features = features.to(dtype)
+    condition = condition.to(dtype=dtype)
     t = data_time.to(device=latents.device, dtype=torch.float32)
     if guidance_scale > 0:
         x = torch.cat([x, x])
         t = torch.cat([t, t])
-        features = torch.cat([features, torch.zeros_like(features)])
-    out = transformer(
-        x=list(x.unbind(0)),
-        t=t,
-        cap_feats=list(features.unbind(0)),
-        patch_size=patch,
-        f_patch_size=frame_patch,
-        return_dict=False,
-    )[0]
+        condition = condition.with_unconditional()
+    if spatial:
+        count = x.shape[0]
+        out = transformer(
+            x=[[item] for item in x.unbind(0)],
+            t=t,
+            cap_feats=[[item] for item in condition.sequence.unbind(0)],
+            siglip_feats=[[item] for item in condition.cells.unbind(0)],
+            image_noise_mask=[[1]] * count,
+            patch_size=patch,
+            f_patch_size=frame_patch,
+            return_dict=False,
+        )[0]
+    else:
+        out = transformer(
+            x=list(x.unbind(0)),
+            t=t,
+            cap_feats=list(condition.sequence.unbind(0)),
+            patch_size=patch,
+            f_patch_size=frame_patch,
+            return_dict=False,
+        )[0]
     velocity = torch.stack(out).float()
     if guidance_scale <= 0:
         return velocity

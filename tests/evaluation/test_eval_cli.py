@@ -35,7 +35,7 @@ def test_eval_writes_every_required_key(tiny_default_root, tmp_path, capsys):
         assert set(results["interleaved"][split]) == {"all_steps", "step_accuracy", "count"}
     for decoder in ("turbo", "normal"):
         for split in SPLITS:
-            assert set(results["text_to_image"][decoder][split]) == {"strict", "soft", "count"}
+            assert set(results["text_to_image"][decoder][split]) == {"strict", "soft", "background", "extra_objects", "count"}
     for split in SPLITS:
         headline = {"understanding_accuracy", "text_to_image_turbo_strict", "text_to_image_normal_soft",
                     "editing_accuracy", "multi_reference_accuracy", "interleaved_all_steps"}
@@ -76,6 +76,16 @@ def test_eval_results_do_not_depend_on_batch_size(tiny_pipe):
     together = evaluate(tiny_pipe, batch_size=64, **kwargs)["records"]
     apart = evaluate(tiny_pipe, batch_size=3, **kwargs)["records"]
     assert [r["predicted"] for r in together] == [r["predicted"] for r in apart]
+
+
+def test_codes_reader_scores_text_to_image_without_the_decoder(tiny_pipe):
+    results = evaluate(tiny_pipe, tasks=["text_to_image"], decoders=["codes", "turbo"], num_per_type=1, seed=2,
+                       progress=False)
+    assert set(results["text_to_image"]) == {"codes", "turbo"}
+    assert set(results["text_to_image"]["codes"]["held_out"]) == {"strict", "soft", "background", "extra_objects",
+                                                                  "count"}
+    assert "decoder" not in results["sampling"]["text_to_image_codes"]["nfe_by_stage"]
+    assert results["sampling"]["text_to_image_turbo"]["nfe_by_stage"]["decoder"] > 0
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,8 @@ def test_text_to_image_is_scored_per_decoder_and_interleaved_needs_every_step():
                 steps=[{"text": "a", "scene": SOURCE}, {"text": "b", "scene": TARGET}]),
     ]
     scores = score_records(records)
-    assert scores["text_to_image"]["turbo"]["in_distribution"] == {"strict": 1.0, "soft": 1.0, "count": 1}
+    assert scores["text_to_image"]["turbo"]["in_distribution"] == {
+        "strict": 1.0, "soft": 1.0, "background": 1.0, "extra_objects": 0.0, "count": 1}
     normal = scores["text_to_image"]["normal"]["in_distribution"]
     assert normal["strict"] == 0.0 and normal["soft"] == pytest.approx(5 / 9)  # background + 4 of 8 attributes
     assert scores["interleaved"] == {"held_out": {"all_steps": 0.5, "step_accuracy": 0.75, "count": 2}}

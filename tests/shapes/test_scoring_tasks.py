@@ -36,15 +36,20 @@ def test_understanding_score():
 
 def test_text_to_image_score():
     prompted = [SOURCE, SOURCE]
-    assert text_to_image_score(prompted, prompted) == {"strict": 1.0, "soft": 1.0, "count": 2}
+    assert text_to_image_score(prompted, prompted) == {"strict": 1.0, "soft": 1.0, "background": 1.0, "extra_objects": 0.0,
+                                                       "count": 2}
     assert text_to_image_score([render(SOURCE)] * 2, prompted)["strict"] == 1.0  # images are read
     recoloured = Scene("white", (ShapeObject("circle", "green", "large", "top left"), SOURCE.objects[1]))
     score = text_to_image_score([SOURCE, recoloured], prompted)
     assert score["strict"] == 0.5 and score["soft"] == pytest.approx(17 / 18)  # 1 of 2 x 9 attributes
     missing = Scene("black", SOURCE.objects[:1])
     assert text_to_image_score([missing], [SOURCE])["soft"] == pytest.approx(4 / 9)
-    extra = Scene("white", SOURCE.objects + (ShapeObject("triangle", "red", "small", "bottom"),))
-    assert text_to_image_score([extra], [SOURCE]) == {"strict": 0.0, "soft": 1.0, "count": 1}
+    assert text_to_image_score([missing], [SOURCE])["background"] == 0.0
+    # recall does not see extra objects; extra_objects counts them (per image, in cells the prompt leaves empty)
+    extra = Scene("white", SOURCE.objects + (ShapeObject("triangle", "red", "small", "bottom"),
+                                             ShapeObject("square", "blue", "small", "left")))
+    assert text_to_image_score([extra, SOURCE], [SOURCE, SOURCE]) == {
+        "strict": 0.5, "soft": 1.0, "background": 1.0, "extra_objects": 1.0, "count": 2}
 
 
 def test_editing_score():

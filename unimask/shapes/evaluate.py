@@ -9,8 +9,9 @@ Three steps, each usable alone:
 `evaluate` does all three and returns the results dict that ``unimask eval`` saves as JSON:
 
 - ``understanding``: exact-match accuracy per split, overall and ``by_type`` (question kind);
-- ``text_to_image``: per decoder variant ("turbo", "normal") and split, ``strict`` scene match and
-  ``soft`` attribute recall;
+- ``text_to_image``: per decoder variant ("turbo", "normal") and split, ``strict`` scene match,
+  ``soft`` attribute recall, ``background`` and ``extra_objects``; the reader "codes" (opt-in) draws
+  the generated code grids with a `PatchLookup` instead of a decoder, which scores the backbone alone;
 - ``editing``: per split, ``accuracy`` (edited attribute right AND nothing else changed),
   ``edit_applied``, ``rest_preserved``, overall and ``by_type`` (instruction kind, ``multi_reference``
   included);
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from unimask.shapes.checker import read_scene
 from unimask.shapes.language import EDIT_KINDS, QUESTION_KINDS, caption, sample_edit, sample_question
+from unimask.shapes.patch_lookup import fit_patch_lookup
 from unimask.shapes.render import render
 from unimask.shapes.scene import Scene, sample_scene
 from unimask.shapes.scoring import (
@@ -46,6 +48,10 @@ from unimask.shapes.scoring import (
 from unimask.shapes.tasks import SPLITS, TASKS, sample_scenes, sample_task
 
 DECODER_VARIANTS: tuple[str, ...] = ("turbo", "normal")
+# What text-to-image images can be read through: a decoder variant, or "codes" (the code grid drawn by
+# a PatchLookup fitted on the pipeline's image tokenizer, no decoder).
+CODE_READER = "codes"
+TEXT_TO_IMAGE_READERS: tuple[str, ...] = (*DECODER_VARIANTS, CODE_READER)
 MULTI_REFERENCE_KIND = "multi_reference"
 EDITING_TASKS = ("editing", "multi_reference_editing")
 # Kinds of every task: the question kinds, the edit kinds, or the task itself when it has no kinds.
@@ -195,9 +201,9 @@ def _call_pipeline(pipe: Any, task: str, batch: list[dict[str, Any]], generator:
     return pipe.interleaved(prompts, generator=generator, **options)
 
 
-def _prediction(task: str, output: Any, row: int) -> str | Scene | list[Scene]:
-    """What sample ``row`` of a pipeline output predicts: the answer text, the scene read from the image,
-    or the scenes of the interleaved images in order."""
+def _prediction(task: str, output: Any, row: int, lookup: Any = None) -> str | Scene | list[Scene]:
+    """What sample ``row`` of a pipeline output predicts: the answer text, the scene read from the image
+    (drawn from its code grid by ``lookup`` when given), or the scenes of the interleaved images in order."""
     if task == "understanding":
         return output.texts[row] or ""
     if task == "interleaved":
@@ -205,7 +211,7 @@ def _prediction(task: str, output: Any, row: int) -> str | Scene | list[Scene]:
     images = output.images[row]
     if not images:
         raise ValueError(f"task {task!r}: the pipeline returned no image for sample {row}")
-    return read_scene(images[0])
+    return read_scene(lookup.render(images[0]) if lookup is not None else images[0])
 
 
 def _check_normal_decoder_steps(steps: int | None) -> None:
@@ -236,8 +242,9 @@ def run_evaluation(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every sample of ``suite`` through ``pipe`` in batches and read the outputs back.
 
-    pipe: a `UniPipeline`. suite: samples from `build_evaluation_suite`. decoders: the decoder variants
-    text-to-image runs with (other tasks use the checkpoint's default decoder). batch_size: samples per
+    pipe: a `UniPipeline`. suite: samples from `build_evaluation_suite`. decoders: the readers of
+    text-to-image (`TEXT_TO_IMAGE_READERS`: decoder variants, or "codes"; other tasks use the
+    checkpoint's default decoder). batch_size: samples per
     pipeline call. seed: seeds one generator per sample. options: sampler / decoder options passed to
     every call (``steps``, ``threshold``, ...). normal_decoder_steps: steps of the normal decoder (None:
     its own default). progress: show a progress bar per run.
@@ -249,9 +256,9 @@ def run_evaluation(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
-    unknown = [variant for variant in decoders if variant not in DECODER_VARIANTS]
+    unknown = [variant for variant in decoders if variant not in TEXT_TO_IMAGE_READERS]
     if unknown or not decoders:
-        raise ValueError(f"decoders={list(decoders)} must be a non-empty subset of {list(DECODER_VARIANTS)}")
+        raise ValueError(f"decoders={list(decoders)} must be a non-empty subset of {list(TEXT_TO_IMAGE_READERS)}")
     _check_normal_decoder_steps(normal_decoder_steps)
     options = dict(options or {})
     device = pipe._execution_device
@@ -266,6 +273,10 @@ def run_evaluation(
         for decoder in decoders if task == "text_to_image" else (None,):
             key = _run_key(task, decoder)
             call_options = dict(options)
+            lookup = None
+            if decoder == CODE_READER:
+                call_options["output_type"] = "tokens"
+                lookup = fit_patch_lookup(pipe.image_tokenizer)
             try:
                 if decoder == "normal":
                     call_options.update(normal_decoder_options(pipe, normal_decoder_steps))
@@ -291,7 +302,7 @@ def run_evaluation(
                         "kind": sample["kind"],
                         "decoder": decoder,
                         "sample": sample,
-                        "prediction": _prediction(task, output, row),
+                        "prediction": _prediction(task, output, row, lookup),
                     })
                 bar.update(len(batch))
             bar.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from unimask.default_model import DEFAULT_MODEL_NAME
 from unimask.pipelines.cli_common import DTYPES, parse_options, run_guarded
-from unimask.shapes.evaluate import DECODER_VARIANTS, evaluate
+from unimask.shapes.evaluate import DECODER_VARIANTS, TEXT_TO_IMAGE_READERS, evaluate
 from unimask.shapes.tasks import TASKS
 
 
@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default="results.json", help="where to save the results JSON")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to evaluate")
     parser.add_argument(
-        "--decoders", nargs="+", choices=DECODER_VARIANTS, default=list(DECODER_VARIANTS),
-        help="decoder variants text-to-image is scored with",
+        "--decoders", nargs="+", choices=TEXT_TO_IMAGE_READERS, default=list(DECODER_VARIANTS),
+        help="what text-to-image images are read through: decoder variants, or codes (the generated code grids "
+             "drawn by a patch lookup, no decoder: the backbone alone)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call")
     parser.add_argument(

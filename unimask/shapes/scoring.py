@@ -61,19 +61,24 @@ def _attribute_recall(predicted: Scene, prompted: Scene) -> tuple[int, int]:
 def text_to_image_score(predictions: Sequence[ScenePrediction], prompted: Sequence[Scene]) -> dict[str, float]:
     """Strict and soft scene match of generated images against the prompted scenes.
 
-    Returns ``{"strict", "soft", "count"}``: ``strict`` is the fraction of images whose scene is
-    exactly the prompted one (no missing, extra or wrong object); ``soft`` the fraction of
-    prompted attributes recovered (background; per object presence at its cell, shape, colour,
-    size), pooled over all prompts.
+    Returns ``{"strict", "soft", "background", "extra_objects", "count"}``: ``strict`` is the fraction
+    of images whose scene is exactly the prompted one (no missing, extra or wrong object); ``soft`` the
+    fraction of prompted attributes recovered (background; per object presence at its cell, shape,
+    colour, size), pooled over all prompts. ``soft`` is a recall: an image crowded with objects
+    recovers many prompted ones by chance, so ``background`` (fraction with the prompted background)
+    and ``extra_objects`` (mean objects per image in cells the prompt leaves empty) show what it misses.
     """
     count = _check_lengths(predictions=predictions, prompted=prompted)
-    strict, recovered, total = 0, 0, 0
+    strict, recovered, total, background, extra = 0, 0, 0, 0, 0
     for prediction, truth in zip(predictions, prompted):
         scene = _as_scene(prediction)
         strict += scene == truth
         hits, attributes = _attribute_recall(scene, truth)
         recovered, total = recovered + hits, total + attributes
+        background += scene.background == truth.background
+        extra += sum(truth.object_at(item.cell) is None for item in scene.objects)
     return {"strict": strict / count if count else 0.0, "soft": recovered / total if total else 0.0,
+            "background": background / count if count else 0.0, "extra_objects": extra / count if count else 0.0,
             "count": count}
 
 

@@ -1,0 +1,90 @@
+"""Cell features: a decoder transformer built with `siglip_feat_dim` reads each grid cell's SigVQ
+features at that cell's 2-D position (diffusers' omni path), next to the official caption sequence."""
+
+import copy
+
+import pytest
+import torch
+
+from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
+from unimask.decoders.semantic_decoder import SemanticImageDecoder
+from unimask.decoders.training_losses import flow_matching_loss
+from unimask.decoders.velocity import DecoderCondition, predict_velocity, reads_cell_features
+
+
+def spatial_preset():
+    preset = copy.deepcopy(load_decoder_preset("tiny"))
+    preset["transformer"]["siglip_feat_dim"] = preset["sigvq"]["inner_dim"]
+    return preset
+
+
+@pytest.fixture
+def spatial_decoder():
+    return build_decoder(spatial_preset(), variant="normal", seed=3)
+
+
+def grids(batch=2, height=2, width=2, seed=0):
+    return torch.randint(0, 64, (batch, height, width), generator=torch.Generator().manual_seed(seed))
+
+
+def test_only_transformers_built_with_siglip_feat_dim_read_cells(spatial_decoder):
+    assert reads_cell_features(spatial_decoder.transformer)
+    assert not reads_cell_features(build_decoder("tiny", seed=3).transformer)
+
+
+def test_condition_holds_cells_of_the_grid_shape(spatial_decoder):
+    condition = spatial_decoder.sigvq.condition(grids(2, 2, 3), cells=True)
+    assert condition.sequence.shape == (2, 4 * 6, 32)
+    assert condition.cells.shape == (2, 2, 3, 32)
+    assert spatial_decoder.sigvq.condition(grids(), cells=False).cells is None
+
+
+def test_a_cell_reading_transformer_refuses_a_bare_sequence(spatial_decoder):
+    features = spatial_decoder.sigvq.encode_grids(grids())
+    with pytest.raises(ValueError, match="cell features"):
+        predict_velocity(spatial_decoder.transformer, torch.randn(2, 16, 1, 4, 4), torch.rand(2), features)
+
+
+def test_cells_change_the_velocity_and_guidance_zeroes_them(spatial_decoder):
+    transformer = spatial_decoder.transformer
+    latents, time = torch.randn(2, 16, 1, 4, 4), torch.full((2,), 0.5)
+    condition = spatial_decoder.sigvq.condition(grids(), cells=True)
+    other_cells = DecoderCondition(condition.sequence, condition.cells.flip(1))
+    with torch.no_grad():
+        cond = predict_velocity(transformer, latents, time, condition)
+        moved = predict_velocity(transformer, latents, time, other_cells)
+        uncond = predict_velocity(transformer, latents, time, condition.masked(torch.zeros(2, dtype=torch.bool)))
+        guided = predict_velocity(transformer, latents, time, condition, guidance_scale=0.5)
+    assert not torch.allclose(cond, moved, atol=1e-5)
+    expected = cond + 0.5 * (cond - uncond)
+    scale = torch.clamp(cond.flatten(1).norm(dim=1) / expected.flatten(1).norm(dim=1), max=1.0)
+    torch.testing.assert_close(guided, expected * scale.view(2, 1, 1, 1, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_flow_matching_trains_the_cell_embedder(spatial_decoder):
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": grids()}
+    loss, _ = flow_matching_loss(spatial_decoder, batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert spatial_decoder.transformer.siglip_embedder[1].weight.grad.abs().sum() > 0
+
+
+def test_saved_cell_reading_decoder_decodes_the_same(spatial_decoder, tmp_path):
+    spatial_decoder.save_pretrained(tmp_path)
+    loaded = SemanticImageDecoder.from_pretrained(tmp_path)
+    assert reads_cell_features(loaded.transformer)
+    common = {"num_inference_steps": 3, "output_type": "pt", "resolution_multiplier": 2}
+    first = spatial_decoder(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    again = loaded(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    assert first.shape == (1, 3, 32, 64)
+    torch.testing.assert_close(first, again)
+
+
+def test_preset_cell_width_must_match_sigvq(tmp_path):
+    preset = spatial_preset()
+    preset["transformer"]["siglip_feat_dim"] = 16
+    path = tmp_path / "bad.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(preset))
+    with pytest.raises(ValueError, match="siglip_feat_dim"):
+        load_decoder_preset(path)
