@@ -95,7 +95,6 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         cols = self.grid_col_embedding.weight[None, :width, :].expand(height, width, -1)
         return features + (rows + cols).reshape(1, height * width, -1).to(features.dtype)
 
-
     def encode_cells(self, token_grids: torch.Tensor) -> torch.Tensor:
         """Features of each grid cell, not upsampled and without grid position embeddings (a
         transformer that reads them places them at the cells' own 2-D positions).

@@ -27,24 +27,20 @@ class DecoderCondition:
     sequence: torch.Tensor
     cells: torch.Tensor | None = None
 
+    def _apply(self, fn) -> "DecoderCondition":
+        return DecoderCondition(fn(self.sequence), None if self.cells is None else fn(self.cells))
+
     def masked(self, keep: torch.Tensor) -> "DecoderCondition":
         """Zero the features of samples where `keep` (batch,) bool is False (the unconditional branch)."""
-        def mask(tensor):
-            return tensor * keep.view(-1, *([1] * (tensor.dim() - 1))).to(tensor.dtype)
-
-        return DecoderCondition(mask(self.sequence), None if self.cells is None else mask(self.cells))
+        return self._apply(lambda tensor: tensor * keep.view(-1, *([1] * (tensor.dim() - 1))).to(tensor.dtype))
 
     def with_unconditional(self) -> "DecoderCondition":
         """This condition batch followed by as many all-zero (unconditional) samples."""
-        def double(tensor):
-            return torch.cat([tensor, torch.zeros_like(tensor)])
-
-        return DecoderCondition(double(self.sequence), None if self.cells is None else double(self.cells))
+        return self._apply(lambda tensor: torch.cat([tensor, torch.zeros_like(tensor)]))
 
     def to(self, device=None, dtype=None) -> "DecoderCondition":
         """Move (and cast) both tensors."""
-        cells = None if self.cells is None else self.cells.to(device=device, dtype=dtype)
-        return DecoderCondition(self.sequence.to(device=device, dtype=dtype), cells)
+        return self._apply(lambda tensor: tensor.to(device=device, dtype=dtype))
 
 
 def reads_cell_features(transformer: ZImageTransformer2DModel) -> bool:
@@ -87,26 +83,14 @@ def predict_velocity(
         t = torch.cat([t, t])
         condition = condition.with_unconditional()
     if spatial:
-        count = x.shape[0]
-        out = transformer(
-            x=[[item] for item in x.unbind(0)],
-            t=t,
-            cap_feats=[[item] for item in condition.sequence.unbind(0)],
-            siglip_feats=[[item] for item in condition.cells.unbind(0)],
-            image_noise_mask=[[1]] * count,
-            patch_size=patch,
-            f_patch_size=frame_patch,
-            return_dict=False,
-        )[0]
+        # diffusers' omni mode: one image per sample, each input a list per sample; the image is noisy (1)
+        inputs = {"x": [[item] for item in x.unbind(0)],
+                  "cap_feats": [[item] for item in condition.sequence.unbind(0)],
+                  "siglip_feats": [[item] for item in condition.cells.unbind(0)],
+                  "image_noise_mask": [[1]] * x.shape[0]}
     else:
-        out = transformer(
-            x=list(x.unbind(0)),
-            t=t,
-            cap_feats=list(condition.sequence.unbind(0)),
-            patch_size=patch,
-            f_patch_size=frame_patch,
-            return_dict=False,
-        )[0]
+        inputs = {"x": list(x.unbind(0)), "cap_feats": list(condition.sequence.unbind(0))}
+    out = transformer(t=t, patch_size=patch, f_patch_size=frame_patch, return_dict=False, **inputs)[0]
     velocity = torch.stack(out).float()
     if guidance_scale <= 0:
         return velocity

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 
 from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
 from unimask.decoders.semantic_decoder import SemanticImageDecoder
@@ -83,8 +84,6 @@ def test_preset_cell_width_must_match_sigvq(tmp_path):
     preset = spatial_preset()
     preset["transformer"]["siglip_feat_dim"] = 16
     path = tmp_path / "bad.yaml"
-    import yaml
-
     path.write_text(yaml.safe_dump(preset))
     with pytest.raises(ValueError, match="siglip_feat_dim"):
         load_decoder_preset(path)

@@ -31,6 +31,13 @@ LOOKUP_SCENES = 1000
 LOOKUP_SEED = "shapes-patch-lookup"
 
 
+def _as_codes(codes: Any) -> np.ndarray:
+    """Codes as an int64 array, from a (CPU or device) tensor, an array or nested lists."""
+    if isinstance(codes, torch.Tensor):
+        codes = codes.detach().cpu().numpy()
+    return np.asarray(codes, dtype=np.int64)
+
+
 class PatchLookup:
     """Mean pixel patch per image code.
 
@@ -71,7 +78,7 @@ class PatchLookup:
         seen = np.zeros(codebook_size, dtype=np.int64)
         for start in range(0, len(scenes), batch_size):
             images = [render(scene).convert("RGB") for scene in scenes[start : start + batch_size]]
-            grids = np.asarray(torch.as_tensor(np.asarray(encode(images))), dtype=np.int64)
+            grids = _as_codes(encode(images))
             if grids.ndim != 3 or grids.shape[0] != len(images):
                 raise ValueError(f"encode must return ({len(images)}, h, w) code grids, got shape {grids.shape}")
             if grids.min() < 0 or grids.max() >= codebook_size:
@@ -92,7 +99,7 @@ class PatchLookup:
 
     def render(self, grid: Any) -> Image.Image:
         """(h, w) int codes (tensor, array or nested lists) -> PIL RGB image of h x w cells."""
-        grid = np.asarray(torch.as_tensor(np.asarray(grid)), dtype=np.int64)
+        grid = _as_codes(grid)
         if grid.ndim != 2:
             raise ValueError(f"grid must be (h, w) codes, got shape {grid.shape}")
         if grid.min() < 0 or grid.max() >= len(self.patches):
