@@ -196,10 +196,10 @@ def siglip_stage_loss(model: SigLIPStageModel, batch: dict, region_weight: float
     image, each a negative for every image (the sigmoid loss's pairwise terms, summed and divided by B
     as for the in-batch pairs).
     Optional grounded regions (R of them over the batch): ``region_sample`` (R,) int64 image index,
-    ``region_cells`` (R, h * w) bool patches covered, ``region_text_ids`` (R, T) the region's phrase,
-    optional ``region_same_text`` (R, R) bool (default: equal phrase ids). Each region's mean patch
-    feature is contrasted with every phrase of the batch (sigmoid loss, positive where the phrases are
-    equal), weighted by ``region_weight``: the per-object signal a patch tokenizer needs, which one
+    ``region_cells`` (R, h * w) bool patches covered, and the region's phrase: ``region_text_ids``
+    (R, T), or ``region_phrase_ids`` (U, T) distinct phrases with ``region_phrase_index`` (R,). Each
+    region's mean patch feature is contrasted with every distinct phrase of the batch (sigmoid loss,
+    positive for its own), weighted by ``region_weight``: the per-object signal a patch tokenizer needs, which one
     caption per image gives only weakly (SigLIP 2 adds local objectives for the same reason).
     Returns (loss, metrics) with metrics ``siglip_loss`` (the total), ``logit_scale`` (exp), ``logit_bias`` and
     ``retrieval_accuracy`` (image -> caption top-1 within the batch), plus, with negatives,
@@ -219,7 +219,7 @@ def siglip_stage_loss(model: SigLIPStageModel, batch: dict, region_weight: float
     logit_scale = model.logit_scale.exp()
     loss = model.loss_fn(image_embeddings, text_embeddings, logit_scale, model.logit_bias)
     region_metrics = {}
-    if batch.get("region_text_ids") is not None and region_weight > 0:
+    if (batch.get("region_text_ids") is not None or batch.get("region_phrase_ids") is not None) and region_weight > 0:
         region_loss, region_metrics = _region_loss(model, features, batch, logit_scale)
         loss = loss + region_weight * region_loss
     negative_ids = batch.get("negative_text_ids")
@@ -252,26 +252,30 @@ def siglip_stage_loss(model: SigLIPStageModel, batch: dict, region_weight: float
 
 
 def _region_loss(model: SigLIPStageModel, features: torch.Tensor, batch: dict, logit_scale: torch.Tensor):
-    """Sigmoid loss between every region of the batch and every region phrase (positive where the
-    phrases are the same text), divided by the number of regions; and its metrics."""
+    """Sigmoid loss between every region of the batch and every distinct region phrase (positive for
+    its own), divided by the number of regions; and its metrics. Phrases come as ``region_phrase_ids``
+    (U, T) with ``region_phrase_index`` (R,), or as ``region_text_ids`` (R, T), made distinct here."""
     region_sample, region_cells = batch["region_sample"], batch["region_cells"]
-    region_ids = batch["region_text_ids"]
+    if batch.get("region_phrase_ids") is not None:
+        phrase_ids, phrase_index = batch["region_phrase_ids"], batch.get("region_phrase_index")
+    else:
+        phrase_ids, phrase_index = torch.unique(batch["region_text_ids"], dim=0, return_inverse=True)
     count = int(region_sample.shape[0])
-    if region_cells.shape[0] != count or region_ids.shape[0] != count or region_cells.shape[1] != features.shape[1] * features.shape[2]:
+    cells = features.shape[1] * features.shape[2]
+    if (region_cells.shape[0] != count or region_cells.shape[1] != cells or not isinstance(phrase_index, torch.Tensor)
+            or phrase_index.shape != (count,) or int(phrase_index.max()) >= phrase_ids.shape[0]):
         raise ValueError(
-            f"batch regions disagree: region_sample {tuple(region_sample.shape)}, region_cells "
-            f"{tuple(region_cells.shape)} (needs (R, {features.shape[1] * features.shape[2]})), region_text_ids {tuple(region_ids.shape)}"
+            f"batch regions disagree: region_sample {tuple(region_sample.shape)}, region_cells {tuple(region_cells.shape)} "
+            f"(needs (R, {cells})), a phrase per region (region_text_ids (R, T), or region_phrase_index (R,) into region_phrase_ids)"
         )
     regions = model.region_embeddings(features, region_sample, region_cells)
-    phrases = model.text_embeddings(region_ids, region_ids > 0)
-    same = batch.get("region_same_text")
-    if same is None:
-        same = (region_ids.unsqueeze(1) == region_ids.unsqueeze(0)).all(-1)
+    phrases = model.text_embeddings(phrase_ids, phrase_ids > 0)
+    same = phrase_index.unsqueeze(1) == torch.arange(phrases.shape[0], device=phrase_index.device)
     labels = same.to(regions.dtype) * 2 - 1
     logits = model.loss_fn.get_logits(regions, phrases, logit_scale, model.logit_bias)
     loss = -F.logsigmoid(labels * logits).sum() / count
     with torch.no_grad():
-        accuracy = same[torch.arange(count), (regions @ phrases.T).argmax(dim=1)].float().mean()
+        accuracy = (logits.argmax(dim=1) == phrase_index).float().mean()
     return loss, {"region_loss": loss.item(), "region_accuracy": accuracy.item()}
 
 

@@ -237,15 +237,21 @@ def test_region_loss_contrasts_region_features_with_phrases():
         features = model.patch_features(pixels).flatten(1, 2)
         pooled = torch.stack([features[0, :2].mean(0), features[0, 5], features[1, 10:12].mean(0)])
         regions = torch.nn.functional.normalize(model.image_head(pooled), dim=-1)
-        texts = model.text_embeddings(phrases, phrases > 0)
+        distinct = phrases[:2]  # one embedding per distinct phrase: [5, 6], [7, 8, 9]
+        texts = model.text_embeddings(distinct, distinct > 0)
         logits = model.logit_scale.exp() * regions @ texts.T + model.logit_bias
-        labels = torch.tensor([[1, -1, 1], [-1, 1, -1], [1, -1, 1]], dtype=torch.float32)
+        labels = torch.tensor([[1, -1], [-1, 1], [1, -1]], dtype=torch.float32)
         region_loss = -torch.nn.functional.logsigmoid(labels * logits).sum() / 3
     assert torch.allclose(total, plain + 0.5 * region_loss, atol=1e-4)
     assert abs(metrics["region_loss"] - region_loss.item()) < 1e-4 and 0 <= metrics["region_accuracy"] <= 1
     assert torch.allclose(siglip_stage_loss(model, batch, region_weight=0.0)[0], plain, atol=1e-6)
+    indexed = {**batch, "region_phrase_ids": distinct, "region_phrase_index": torch.tensor([0, 1, 0])}
+    del indexed["region_text_ids"]
+    assert torch.allclose(siglip_stage_loss(model, indexed, region_weight=0.5)[0], total, atol=1e-5)
     with pytest.raises(ValueError, match="regions disagree"):
         siglip_stage_loss(model, {**batch, "region_cells": cells[:, :8]})
+    with pytest.raises(ValueError, match="regions disagree"):
+        siglip_stage_loss(model, {**indexed, "region_phrase_index": torch.tensor([0, 2, 0])})
 
 
 def test_siglip_stage_reads_grounded_regions(tmp_path):
@@ -264,14 +270,37 @@ def test_siglip_stage_reads_grounded_regions(tmp_path):
     batch = SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch(samples)
     assert batch["region_sample"].tolist() == [0, 0, 2]
     assert batch["region_cells"].tolist() == [[True, False, False, False], [False, False, False, True], [True, True, False, False]]
-    decoded = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["region_text_ids"]]
-    assert decoded == ["red circle", "blue", "red circle"]
+    distinct = ["".join(chr(i - 1) for i in row.tolist() if i) for row in batch["region_phrase_ids"]]
+    assert [distinct[i] for i in batch["region_phrase_index"].tolist()] == ["red circle", "blue", "red circle"]
+    assert distinct == ["blue", "red circle"]  # each phrase encoded once
     assert "region_sample" not in SigLIPStage(siglip_recipe(tmp_path)).make_batch(samples)
     with pytest.raises(ValueError, match="region must be"):
         SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch([{**samples[0], "json": {"caption": "x", "regions": [{"box": [1, 2]}]}}])
     for bad in (-1, "1", True):
         with pytest.raises(ConfigError, match="region_loss_weight"):
             SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=bad))
+
+
+def test_region_per_patch_makes_every_owned_cell_a_region(tmp_path):
+    from PIL import Image
+
+    from unimask.config import ConfigError
+    from unimask.training.stage_tokenizer_siglip import SigLIPStage
+
+    # image_size 32: a 2 x 2 patch grid; "cells" replace the box, and each cell becomes one region.
+    regions = [{"box": [0, 0, 64, 64], "text": "red circle", "cells": [0, 3]},
+               {"box": [0, 0, 64, 64], "text": "white background", "cells": [1, 2]}]
+    samples = [{"__key__": "a", "images": [Image.new("RGB", (64, 64))], "json": {"caption": "x", "regions": regions}}]
+    pooled = SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch(samples)
+    assert pooled["region_cells"].tolist() == [[True, False, False, True], [False, True, True, False]]
+    batch = SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0, region_per_patch=True)).make_batch(samples)
+    assert batch["region_cells"].int().argmax(1).tolist() == [0, 3, 1, 2] and batch["region_cells"].sum().item() == 4
+    assert batch["region_phrase_index"].tolist() == [0, 0, 1, 1] and batch["region_phrase_ids"].shape[0] == 2
+    with pytest.raises(ValueError, match="region cells"):
+        SigLIPStage(siglip_recipe(tmp_path, region_loss_weight=1.0)).make_batch(
+            [{**samples[0], "json": {"caption": "x", "regions": [{**regions[0], "cells": [4]}]}}])
+    with pytest.raises(ConfigError, match="region_per_patch"):
+        SigLIPStage(siglip_recipe(tmp_path, region_per_patch="yes"))
 
 
 def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_so(tmp_path):
@@ -295,3 +324,4 @@ def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_s
     assert not torch.allclose(learned, learned[:1].expand_as(learned), atol=1e-3)
     with pytest.raises(ConfigError, match="position_free"):
         SigLIPStage(siglip_recipe(tmp_path, image_size=64, position_free="yes"))
+

@@ -108,10 +108,15 @@ def test_backbone_records_from_coded_shards(tmp_path, shapes_builder):
     from unimask.data.writer import write_shards
 
     write_shards(iter_samples(12, seed=2, kind="tasks"), tmp_path / "tasks", max_count=6)
-    shards = expand_shard_paths([str(tmp_path / "tasks")])
+    # A second folder with the same shard and sample names: keys must stay unique across folders.
+    write_shards(iter_samples(6, seed=3, kind="tasks", tasks=["understanding"]), tmp_path / "more", max_count=6)
+    shards = expand_shard_paths([str(tmp_path / "tasks"), str(tmp_path / "more")])
     add_image_codes(shards, lambda images: [np.full((8, 8), 5) for _ in images])
     records = list(backbone_records(shards, shapes_builder))
-    assert len(records) == 12
+    assert len(records) == 18 and len({record["__key__"] for record in records}) == 18
+    by_key = {record["__key__"]: record["json"]["task"] for record in records}
+    assert "tasks_shard-000000_00000000" in by_key
+    assert [by_key[f"more_shard-000000_{index:08d}"] for index in range(6)] == ["understanding"] * 6
     for record in records:
         meta = record["json"]
         assert meta["task"] in TASKS
@@ -142,3 +147,15 @@ def test_caption_records_ground_every_object_in_its_pixels():
             assert region["text"] == f"{record['scene']['background']} background"
             assert x1 - x0 == y1 - y0 == 16 and x0 % 16 == 0 and y0 % 16 == 0
             assert (pixels[y0:y1, x0:x1] == np.array(BACKGROUNDS[record["scene"]["background"]])).all()
+
+
+def test_interleave_evenly_spreads_every_source():
+    from unimask.shapes.backbone_samples import interleave_evenly
+
+    merged = list(interleave_evenly([(iter("aaaa"), 4), (iter("bb"), 2)]))
+    assert merged == list("abaaba")
+    # Every window of three holds both sources; a short source ends, a long one continues.
+    assert list(interleave_evenly([(iter("aaaaaa"), 2), (iter("b"), 2)])) == list("abaaaaa")
+    assert list(interleave_evenly([(iter("a"), 1), (iter(""), 3)])) == ["a"]
+    with pytest.raises(ValueError, match="expected counts"):
+        list(interleave_evenly([(iter("a"), 0)]))

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import webdataset as wds
@@ -35,7 +35,7 @@ from unimask.data.writer import write_shards
 from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec, fill_masks
 from unimask.tokenizers.token_layout import TokenLayout, encode_plain
 
-__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "convert_shards"]
+__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "convert_shards", "interleave_evenly"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def backbone_records(
                 logger.warning("shard %s sample %s has no codes.npy; skipped", shard, record["__key__"])
                 continue
             ids, start = backbone_sequence(record["json"], record["codes"], builder, rng=rng, **options)
-            key = f"{Path(shard).stem.replace('.', '_')}_{record['__key__']}"
+            shard_path = Path(shard)  # folder and shard name: several shard folders may share shard names
+            key = f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_")
             yield {"__key__": key, "json": {"task": record["json"]["task"], "input_ids": ids, "response_start": start}}
 
 
@@ -150,3 +151,28 @@ def convert_shards(
     """Write :func:`backbone_records` of ``shards`` into ``out_dir`` (webdataset shards); returns their paths."""
     return write_shards(backbone_records(shards, builder, **options), out_dir, max_count=max_count)
 
+
+
+T = TypeVar("T")
+
+
+def interleave_evenly(sources: Sequence[tuple[Iterable[T], int]]) -> Iterator[T]:
+    """Merge ``(iterable, expected_count)`` sources so each is spread evenly over the output.
+
+    The next item always comes from the source furthest behind its share (items taken / expected
+    count), so shards written from the result mix every source in every stretch instead of one source
+    after another (a trainer reading a few shards at a time would otherwise see one task for hundreds of
+    steps). A source that ends early is dropped; one that runs past its count continues after the rest.
+    """
+    if any(count < 1 for _, count in sources):
+        raise ValueError(f"expected counts must be >= 1, got {[count for _, count in sources]}")
+    live = [[iter(items), count, 0] for items, count in sources]
+    while live:
+        entry = min(live, key=lambda item: item[2] / item[1])
+        try:
+            value = next(entry[0])
+        except StopIteration:
+            live.remove(entry)
+            continue
+        entry[2] += 1
+        yield value

@@ -10,12 +10,12 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
 
     text_tokenizer   byte-level BPE on the grammar            -> <root>/shapes/text_tokenizer
     caption_shards   scenes + captions + grounded object phrases -> <root>/shards/captions, captions-b
-    tokenizer_siglip image tokenizer stage 1  (configs/shapes/tokenizer-siglip.yaml)
+    tokenizer_siglip image tokenizer stage 1  (configs/shapes/tokenizer-siglip-regions.yaml)
     tokenizer_vq     image tokenizer stage 2  (configs/shapes/tokenizer-vq.yaml)
     tokenizer_probe  linear probes code -> colour / shape / size -> <root>/shapes/tokenizer-vq/code_probe.json
     coded_shards     new scenes + their code grids            -> <root>/shards/coded
     vae              the decoder's VAE        (configs/shapes/vae.yaml; captions + coded shards)
-    backbone_data    task shards -> codes -> sequences        -> <root>/shards/tasks, <root>/shards/backbone
+    backbone_data    task shards (+ understanding) -> codes -> sequences -> <root>/shards/tasks, tasks-understanding, backbone
     backbone         the MoE backbone         (configs/shapes/backbone.yaml)           } parallel
     decoder_flow     flow-matching decoder    (configs/shapes/decoder-flow.yaml)       }
     decoder_distill  turbo decoder            (configs/shapes/decoder-distill.yaml)      } parallel
@@ -47,7 +47,7 @@ STAGES = (
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "assemble",
 )
 RECIPES = {
-    "tokenizer_siglip": "tokenizer-siglip.yaml",
+    "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
     "vae": "vae.yaml",
     "tokenizer_vq": "tokenizer-vq.yaml",
     "backbone": "backbone.yaml",
@@ -56,7 +56,8 @@ RECIPES = {
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
-COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (20000, 64), "probe": (1500, 40)}
+COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
+          "tasks-understanding": (25000, 32), "probe": (1500, 40)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -123,10 +124,11 @@ def recipe_path(stage: str, paths: BuildPaths) -> Path:
         recipe["data"]["shuffle_buffer"] = 0
         if "teacher_steps" in recipe.get("stage_options", {}):
             recipe["stage_options"]["teacher_steps"] = 2
-        # The shipped VAE continued earlier runs (see configs/shapes/vae.yaml); a smoke build starts fresh.
-        init = recipe.get("stage_options", {}).get("init")
-        if init is not None and not Path(init).is_dir():
-            del recipe["stage_options"]["init"]
+        # Shipped stages continue earlier runs (configs/shapes/vae.yaml, decoder-flow.yaml); a smoke build starts fresh.
+        for key in ("init", "init_vae"):
+            init = recipe.get("stage_options", {}).get(key)
+            if init is not None and not Path(init).is_dir():
+                del recipe["stage_options"][key]
     target = paths.root / "configs" / RECIPES[stage]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -194,12 +196,12 @@ def _stage_caption_shards(paths: BuildPaths) -> None:
             _mark(paths.shards(name))
 
 
-def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str) -> None:
+def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str, **options: Any) -> None:
     """Write ``<root>/shards/<name>`` (unless its shards exist) and add image codes; marked done after."""
     folder = paths.shards(name)
     if not _done(folder):
         if not any(folder.glob("*.tar")):
-            _write(paths, name, seed=seed, kind=kind)
+            _write(paths, name, seed=seed, kind=kind, **options)
         _add_codes(paths, name)
         _mark(folder)
 
@@ -247,14 +249,22 @@ def _stage_tokenizer_probe(paths: BuildPaths) -> None:
 
 def _stage_backbone_data(paths: BuildPaths) -> None:
     from unimask.data.loader import expand_shard_paths
-    from unimask.shapes.backbone_samples import convert_shards
+    from unimask.data.writer import write_shards
+    from unimask.shapes.backbone_samples import backbone_records, interleave_evenly
 
+    # Every task, plus as many understanding samples again: an answer is a few tokens against a
+    # 64-code image, and each question kind needs thousands of them.
     _coded_shard_set(paths, "tasks", seed=3, kind="tasks")
-    tasks = paths.shards("tasks")
+    _coded_shard_set(paths, "tasks-understanding", seed=5, kind="tasks", tasks=["understanding"])
     out = paths.shards("backbone")
     if not _done(out):
         _, _, builder = shapes_layout_and_builder(paths)
-        convert_shards(expand_shard_paths([str(tasks)]), builder, out, answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS)
+        sources = [
+            (backbone_records(expand_shard_paths([str(paths.shards(name))]), builder, seed=seed,
+                              answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS), paths.count(name))
+            for seed, name in enumerate(("tasks", "tasks-understanding"))
+        ]
+        write_shards(interleave_evenly(sources), out, max_count=2000)
         _mark(out)
 
 

@@ -189,7 +189,8 @@ def _background_regions(scene: Scene, rng: random.Random, count: int) -> list[di
 
 
 def iter_samples(
-    count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS, background_regions: int = 0
+    count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS, background_regions: int = 0,
+    patch_regions: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Shard samples (the ``unimask data write --generator shapes`` source), rendered at 128 px.
 
@@ -199,9 +200,12 @@ def iter_samples(
     "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
     (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
     region loss; then, when ``background_regions`` > 0, up to that many free 16 px cells named
-    ``"{background} background"``), one image (for the image tokenizer, VAE and decoder stages).
+    ``"{background} background"``; or, with ``patch_regions``, :func:`unimask.shapes.patch_owners.patch_regions`:
+    every object and the background with the ``cells`` of the 16 px patches each owns), one image (for
+    the image tokenizer, VAE and decoder stages).
     Yields ``{"__key__": "%08d", "json": dict, "images": [PIL RGB]}``; never a held-out pair.
     """
+    from unimask.shapes.patch_owners import patch_regions as owned_patch_regions
     from unimask.shapes.render import render
 
     if kind not in SHARD_KINDS:
@@ -210,11 +214,15 @@ def iter_samples(
         raise ValueError(f"count={count!r} must be an integer >= 1")
     if isinstance(background_regions, bool) or not isinstance(background_regions, int) or background_regions < 0:
         raise ValueError(f"background_regions={background_regions!r} must be an integer >= 0")
+    if not isinstance(patch_regions, bool):
+        raise ValueError(f"patch_regions={patch_regions!r} must be true or false")
+    if patch_regions and background_regions:
+        raise ValueError("patch_regions already names every background patch; leave background_regions at 0")
     if kind == "captions":
         rng = random.Random(f"shapes-captions-{seed}")
         for index in range(count):
             scene = sample_scene(rng)
-            regions = object_regions(scene)
+            regions = owned_patch_regions(scene) if patch_regions else object_regions(scene)
             if background_regions:
                 regions += _background_regions(scene, random.Random(f"shapes-captions-{seed}-{index}"), background_regions)
             record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": regions}

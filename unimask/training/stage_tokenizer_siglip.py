@@ -13,7 +13,12 @@ is a whole word of the captions). Captions without such a word borrow the next c
 ``region_loss_weight`` (float, default 0): > 0 adds the region loss of ``siglip_stage_loss`` on the
 samples' grounded phrases, json ``"regions"``: ``[{"box": [x0, y0, x1, y1], "text": str}]`` in pixels
 of the stored image (end exclusive; Shapes World caption shards carry them); samples without regions
-add none.
+add none. A region may also list ``"cells"``: flat indices (row * grid + column) of the 16 px patches
+it owns at ``image_size``, used instead of the patches its box touches.
+``region_per_patch`` (bool, default false): every patch of a region becomes a region of its own, so
+each patch feature (not the mean of a box) must match its phrase: dense grounding, with regions that
+list ``cells`` (Shapes World caption shards written with ``patch_regions=true`` name every patch).
+Phrases are encoded once per distinct text.
 ``position_free`` (bool, default false): zero the tower's absolute position embeddings and keep them
 frozen, so a patch's features depend on its pixels and the image's content but never on where the
 patch is (the token grid already says where). A plain background then gets the same code in every
@@ -101,11 +106,13 @@ class SigLIPStage(Stage):
         self.negative_word_groups = options.pop("negative_word_groups", None) or []
         self.region_loss_weight = options.pop("region_loss_weight", 0.0)
         self.position_free = options.pop("position_free", False)
+        self.region_per_patch = options.pop("region_per_patch", False)
         if options:
-            raise ConfigError(f"stage_options: unknown key(s) {sorted(options)} for stage {self.name!r}; "
-                              "allowed: ['image_size', 'negative_word_groups', 'position_free', 'region_loss_weight']")
-        if not isinstance(self.position_free, bool):
-            raise ConfigError(f"stage_options.position_free={self.position_free!r} must be true or false")
+            raise ConfigError(f"stage_options: unknown key(s) {sorted(options)} for stage {self.name!r}; allowed: "
+                              "['image_size', 'negative_word_groups', 'position_free', 'region_loss_weight', 'region_per_patch']")
+        for key in ("position_free", "region_per_patch"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"stage_options.{key}={getattr(self, key)!r} must be true or false")
         if isinstance(self.region_loss_weight, bool) or not isinstance(self.region_loss_weight, (int, float)) or self.region_loss_weight < 0:
             raise ConfigError(f"stage_options.region_loss_weight={self.region_loss_weight!r} must be a number >= 0")
         groups = self.negative_word_groups
@@ -158,7 +165,6 @@ class SigLIPStage(Stage):
         """``region_sample``, ``region_cells`` and ``region_text_ids`` of the samples' json ``regions``
         (boxes scaled to ``image_size``); empty dict when no sample has one."""
         grid = self.image_size // 16
-        starts = torch.arange(grid) * 16
         owners, cells, phrases = [], [], []
         for index, sample in enumerate(samples):
             regions = sample["json"].get("regions") or []
@@ -171,20 +177,39 @@ class SigLIPStage(Stage):
                     text = str(region["text"])
                 except (KeyError, TypeError, ValueError):
                     raise ValueError(f"sample {sample.get('__key__')!r}: a region must be {{'box': [x0, y0, x1, y1], 'text': str}}, got {region!r}") from None
-                x0, x1 = x0 * self.image_size / width, x1 * self.image_size / width
-                y0, y1 = y0 * self.image_size / height, y1 * self.image_size / height
-                columns = (starts < x1) & (starts + 16 > x0)
-                rows = (starts < y1) & (starts + 16 > y0)
-                covered = (rows.unsqueeze(1) & columns.unsqueeze(0)).flatten()
+                covered = self._region_cells(region, (x0, y0, x1, y1), (width, height), sample.get("__key__"))
                 if not covered.any():
                     continue
-                owners.append(index)
-                cells.append(covered)
-                phrases.append(text)
+                parts = [cell for cell in covered.nonzero().flatten()] if self.region_per_patch else [None]
+                for cell in parts:
+                    owners.append(index)
+                    cells.append(covered if cell is None else torch.nn.functional.one_hot(cell, grid * grid).bool())
+                    phrases.append(text)
         if not owners:
             return {}
+        distinct = sorted(set(phrases))
+        length = min(self.config.text_max_length, max(len(t.encode()) for t in distinct))
         return {"region_sample": torch.tensor(owners), "region_cells": torch.stack(cells),
-                "region_text_ids": _caption_ids(phrases, min(self.config.text_max_length, max(len(t.encode()) for t in phrases)))}
+                "region_phrase_ids": _caption_ids(distinct, length),
+                "region_phrase_index": torch.tensor([distinct.index(text) for text in phrases])}
+
+    def _region_cells(self, region: dict, box: tuple[float, ...], image_wh: tuple[int, int], key: Any) -> torch.Tensor:
+        """(grid * grid,) bool patches of one region: its ``cells`` when given, else those its box touches."""
+        grid = self.image_size // 16
+        if "cells" in region:
+            flat = region["cells"]
+            if not isinstance(flat, list) or not all(isinstance(c, int) and 0 <= c < grid * grid for c in flat):
+                raise ValueError(f"sample {key!r}: region cells must be a list of ints in [0, {grid * grid}), got {flat!r}")
+            covered = torch.zeros(grid * grid, dtype=torch.bool)
+            covered[flat] = True
+            return covered
+        starts = torch.arange(grid) * 16
+        (x0, y0, x1, y1), (width, height) = box, image_wh
+        x0, x1 = x0 * self.image_size / width, x1 * self.image_size / width
+        y0, y1 = y0 * self.image_size / height, y1 * self.image_size / height
+        columns = (starts < x1) & (starts + 16 > x0)
+        rows = (starts < y1) & (starts + 16 > y0)
+        return (rows.unsqueeze(1) & columns.unsqueeze(0)).flatten()
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         from unimask.tokenizers.image_tokenizer_training import siglip_stage_loss
