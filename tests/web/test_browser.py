@@ -71,6 +71,8 @@ def test_advanced_option_reaches_the_pipeline(browser_page):
     page.locator("#advanced").get_by_text("Advanced options").first.click()
     steps = page.locator("#opt-num_inference_steps textarea, #opt-num_inference_steps input").first
     steps.fill("0")
+    steps.press("Tab")  # leave the field so Gradio commits the value before the click reads it
+    assert steps.input_value() == "0"
     try:
         page.locator("#t2i-run").click()
         toast = page.locator(".toast-body").filter(has_text="num_inference_steps")

@@ -152,7 +152,6 @@ def convert_shards(
     return write_shards(backbone_records(shards, builder, **options), out_dir, max_count=max_count)
 
 
-
 T = TypeVar("T")
 
 

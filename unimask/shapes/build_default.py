@@ -252,8 +252,8 @@ def _stage_backbone_data(paths: BuildPaths) -> None:
     from unimask.data.writer import write_shards
     from unimask.shapes.backbone_samples import backbone_records, interleave_evenly
 
-    # Every task, plus as many understanding samples again: an answer is a few tokens against a
-    # 64-code image, and each question kind needs thousands of them.
+    # Every task, plus half as many again understanding samples only: an answer is a few tokens
+    # against a 64-code image, and each question kind needs thousands of them.
     _coded_shard_set(paths, "tasks", seed=3, kind="tasks")
     _coded_shard_set(paths, "tasks-understanding", seed=5, kind="tasks", tasks=["understanding"])
     out = paths.shards("backbone")
