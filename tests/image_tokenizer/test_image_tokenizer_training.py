@@ -324,4 +324,3 @@ def test_position_free_tower_gives_a_plain_background_one_feature_and_keeps_it_s
     assert not torch.allclose(learned, learned[:1].expand_as(learned), atol=1e-3)
     with pytest.raises(ConfigError, match="position_free"):
         SigLIPStage(siglip_recipe(tmp_path, image_size=64, position_free="yes"))
-

@@ -15,8 +15,9 @@ inference, with the masked region filled by the right answer:
 
 ``response_start`` is the first response position: the SFT loss masks only positions from there on
 (the backbone stage's ``maskable`` region; text and image positions are told apart by id).
-:func:`convert_shards` rewrites tokenized task shards (``codes.npy``) as backbone shards whose json
-holds ``input_ids`` and ``response_start``.
+:func:`backbone_records` reads tokenized task shards (``codes.npy``) as backbone records whose json
+holds ``input_ids`` and ``response_start``; :func:`interleave_evenly` mixes several such streams before
+they are written (``unimask.shapes.build_default``'s ``backbone_data``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ import numpy as np
 import webdataset as wds
 
 from unimask.data.shard_format import SampleDecodeError, decode_record
-from unimask.data.writer import write_shards
 from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec, fill_masks
 from unimask.tokenizers.token_layout import TokenLayout, encode_plain
 
-__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "convert_shards", "interleave_evenly"]
+__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "interleave_evenly"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +143,6 @@ def backbone_records(
             shard_path = Path(shard)  # folder and shard name: several shard folders may share shard names
             key = f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_")
             yield {"__key__": key, "json": {"task": record["json"]["task"], "input_ids": ids, "response_start": start}}
-
-
-def convert_shards(
-    shards: Sequence[str | Path], builder: SequenceBuilder, out_dir: str | Path, *, max_count: int = 2000, **options: Any
-) -> list[Path]:
-    """Write :func:`backbone_records` of ``shards`` into ``out_dir`` (webdataset shards); returns their paths."""
-    return write_shards(backbone_records(shards, builder, **options), out_dir, max_count=max_count)
 
 
 T = TypeVar("T")

@@ -48,18 +48,14 @@ def patch_regions(scene: Scene, min_pixels: int = MIN_OWNED_PIXELS) -> list[dict
     ``cells`` are flat indices (row * 8 + column) of the 8 x 8 patch grid; an object owning no patch
     keeps its box and gets no ``cells`` key (the region loss then pools its box as before).
     """
+    from unimask.shapes.tasks import object_regions
+
     owners = patch_owners(scene, min_pixels).reshape(-1)
-    regions = []
-    for index, item in enumerate(scene.objects):
-        x0, y0, side = item.box()
-        region: dict[str, Any] = {
-            "box": [max(x0, 0), max(y0, 0), min(x0 + side, CANVAS_SIZE), min(y0 + side, CANVAS_SIZE)],
-            "text": f"{item.size} {item.colour} {item.shape}",
-        }
+    regions = object_regions(scene)
+    for index, region in enumerate(regions):
         cells = np.flatnonzero(owners == index).tolist()
         if cells:
             region["cells"] = cells
-        regions.append(region)
     background = np.flatnonzero(owners == -1).tolist()
     if background:
         regions.append({"box": [0, 0, CANVAS_SIZE, CANVAS_SIZE], "text": f"{scene.background} background", "cells": background})

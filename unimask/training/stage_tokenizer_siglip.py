@@ -162,8 +162,9 @@ class SigLIPStage(Stage):
         return batch
 
     def _regions(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """``region_sample``, ``region_cells`` and ``region_text_ids`` of the samples' json ``regions``
-        (boxes scaled to ``image_size``); empty dict when no sample has one."""
+        """``region_sample``, ``region_cells``, ``region_phrase_ids`` (distinct phrases) and
+        ``region_phrase_index`` of the samples' json ``regions`` (boxes scaled to ``image_size``); empty
+        dict when no sample has one."""
         grid = self.image_size // 16
         owners, cells, phrases = [], [], []
         for index, sample in enumerate(samples):
