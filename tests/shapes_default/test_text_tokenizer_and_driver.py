@@ -1,8 +1,10 @@
 """The Shapes text tokenizer build and the build driver's recipe handling."""
 
+import json
 import random
 
 import pytest
+import torch
 import yaml
 
 from unimask.shapes.build_default import ANSWER_LENGTH, RECIPES, STAGES, BuildPaths, recipe_path, run_stage
@@ -60,8 +62,16 @@ def test_unknown_stage_raises(tmp_path):
 def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     from unimask.pipelines.pipeline_uni import UniPipeline
     from unimask.shapes.build_default import build
+    from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
 
     paths = BuildPaths(tmp_path / "quick", tmp_path / "model", quick=True)
     build(paths)
     pipe = UniPipeline.from_pretrained(tmp_path / "model")
     assert pipe.token_layout.codebook_size == 256
+    # The shipped image tokenizer is the merged one, and the backbone the one continued on its codes.
+    merged = json.loads((paths.merged_tokenizer.parent / "background_codes.json").read_text())
+    assert set(merged) == {"before", "after", "rounds"} and len(merged["rounds"]) == 2
+    shipped = pipe.image_tokenizer.vqmodel.quantize.embedding.weight
+    torch.testing.assert_close(shipped, SigLIPVQTokenizer.from_pretrained(paths.merged_tokenizer).vqmodel.quantize.embedding.weight)
+    assert (paths.export("backbone_merged") / "model.safetensors").is_file()
+    assert (paths.shards("backbone-understanding-merged") / ".done").is_file()

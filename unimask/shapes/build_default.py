@@ -20,6 +20,9 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     decoder_flow     flow-matching decoder    (configs/shapes/decoder-flow.yaml)       }
     decoder_distill  turbo decoder            (configs/shapes/decoder-distill.yaml)      } parallel
     vae_decoder      VAE decoder side, encoder frozen (configs/shapes/vae-decoder.yaml) }
+    tokenizer_merge  one code per background colour (background_codes) -> <root>/shapes/tokenizer-merged
+    merged_backbone_data  the backbone_data samples coded again by it -> <root>/shards/backbone-merged, ...
+    backbone_merged  the backbone continued on them (configs/shapes/backbone-merged.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -44,20 +47,22 @@ RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
-    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "assemble",
+    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge",
+    "merged_backbone_data", "backbone_merged", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
     "vae": "vae.yaml",
     "tokenizer_vq": "tokenizer-vq.yaml",
     "backbone": "backbone.yaml",
+    "backbone_merged": "backbone-merged.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_distill": "decoder-distill.yaml",
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
-          "tasks-understanding": (25000, 32), "probe": (1500, 40)}
+          "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -79,8 +84,11 @@ GENERATION_DEFAULTS = {
                "gen_length": ANSWER_LENGTH},
     "understanding": {"num_inference_steps": 16},
     "chat": {"num_inference_steps": 16},
-    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 1.0},
-    "thinking": {"num_inference_steps": 16, "guidance_scale": 1.0, "thinking_length": 32, "thinking_steps": 16},
+    # With one code per background colour a single pass (the fixed quota of a 1024 block) draws almost
+    # only background; the adaptive schedule (4 codes a step) with guidance draws the objects.
+    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0},
+    "thinking": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
+                 "thinking_length": 32, "thinking_steps": 16},
     "edit": {"num_inference_steps": 16, "text_guidance_scale": 1.0, "image_guidance_scale": 0.0},
     "interleaved": {"num_inference_steps": 16, "guidance_scale": 1.0, "gen_length": INTERLEAVED_TEXT_LENGTH,
                     "max_images": 4},
@@ -101,6 +109,11 @@ class BuildPaths:
     def text_tokenizer(self) -> Path:
         """The trained text tokenizer folder."""
         return self.root / "shapes" / "text_tokenizer"
+
+    @property
+    def merged_tokenizer(self) -> Path:
+        """The image tokenizer with one code per background colour (``tokenizer_merge``)."""
+        return self.root / "shapes" / "tokenizer-merged" / "image_tokenizer"
 
     def export(self, stage: str) -> Path:
         """``<root>/shapes/<recipe name>/export`` of a training stage."""
@@ -152,10 +165,11 @@ def _train(stage: str, paths: BuildPaths) -> None:
     logger.info("%s: %d steps, export %s", stage, result.step, result.export_dir)
 
 
-def _shapes_tokenizer(paths: BuildPaths):
+def _shapes_tokenizer(paths: BuildPaths, merged: bool = False):
     from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
 
-    return SigLIPVQTokenizer.from_pretrained(paths.export("tokenizer_vq") / "image_tokenizer", size_policy="shapes_world")
+    folder = paths.merged_tokenizer if merged else paths.export("tokenizer_vq") / "image_tokenizer"
+    return SigLIPVQTokenizer.from_pretrained(folder, size_policy="shapes_world")
 
 
 def _write(paths: BuildPaths, name: str, seed: int, **options: Any) -> None:
@@ -165,11 +179,11 @@ def _write(paths: BuildPaths, name: str, seed: int, **options: Any) -> None:
     write_shards(samples, paths.shards(name), max_count=1000 if not paths.quick else 32)
 
 
-def _add_codes(paths: BuildPaths, name: str) -> None:
+def _add_codes(paths: BuildPaths, name: str, merged: bool = False) -> None:
     from unimask.data.loader import expand_shard_paths
     from unimask.data.tokenize_shards import add_image_codes, encode_fn_from_tokenizer
 
-    tokenizer = _shapes_tokenizer(paths)
+    tokenizer = _shapes_tokenizer(paths, merged)
     add_image_codes(expand_shard_paths([str(paths.shards(name))]), encode_fn_from_tokenizer(tokenizer), batch_size=64)
 
 
@@ -247,25 +261,77 @@ def _stage_tokenizer_probe(paths: BuildPaths) -> None:
                    scores["chance"], "; the codes lose it, later stages cannot recover it" if level == logging.WARNING else "")
 
 
-def _stage_backbone_data(paths: BuildPaths) -> None:
+def _write_backbone_shards(paths: BuildPaths, task_sets: tuple[str, str], out: str) -> None:
+    """Sequences of both coded task sets, interleaved evenly, into ``<root>/shards/<out>``."""
     from unimask.data.loader import expand_shard_paths
     from unimask.data.writer import write_shards
     from unimask.shapes.backbone_samples import backbone_records, interleave_evenly
 
+    folder = paths.shards(out)
+    if _done(folder):
+        return
+    _, _, builder = shapes_layout_and_builder(paths)
+    sources = [
+        (backbone_records(expand_shard_paths([str(paths.shards(name))]), builder, seed=seed,
+                          answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS), paths.count(count_name))
+        for seed, (name, count_name) in enumerate(zip(task_sets, ("tasks", "tasks-understanding")))
+    ]
+    write_shards(interleave_evenly(sources), folder, max_count=2000)
+    _mark(folder)
+
+
+def _stage_backbone_data(paths: BuildPaths) -> None:
     # Every task, plus half as many again understanding samples only: an answer is a few tokens
     # against a 64-code image, and each question kind needs thousands of them.
     _coded_shard_set(paths, "tasks", seed=3, kind="tasks")
     _coded_shard_set(paths, "tasks-understanding", seed=5, kind="tasks", tasks=["understanding"])
-    out = paths.shards("backbone")
-    if not _done(out):
+    _write_backbone_shards(paths, ("tasks", "tasks-understanding"), "backbone")
+
+
+def _stage_tokenizer_merge(paths: BuildPaths) -> None:
+    import random
+
+    from unimask.shapes.background_codes import merge_background_codes
+    from unimask.shapes.scene import sample_scene
+
+    if (paths.merged_tokenizer / "config.json").is_file():
+        logger.info("tokenizer_merge: %s exists, skipped", paths.merged_tokenizer)
+        return
+    tokenizer = _shapes_tokenizer(paths)
+    rng = random.Random(11)
+    report = merge_background_codes(tokenizer, [sample_scene(rng) for _ in range(paths.count("merge"))])
+    tokenizer.save_pretrained(paths.merged_tokenizer)
+    (paths.merged_tokenizer.parent / "background_codes.json").write_text(json.dumps(report, indent=1) + "\n")
+    for name, after in report["after"].items():
+        logger.info("image codes of %s: %.2f bits (%.2f before)", name, after["bits"], report["before"][name]["bits"])
+
+
+def _stage_merged_backbone_data(paths: BuildPaths) -> None:
+    import shutil
+
+    # The same samples as backbone_data, their images coded again by the merged tokenizer.
+    for name in ("tasks", "tasks-understanding"):
+        source, target = paths.shards(name), paths.shards(f"{name}-merged")
+        if _done(target):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for shard in sorted(source.glob("*.tar")):
+            shutil.copyfile(shard, target / shard.name)
+        _add_codes(paths, f"{name}-merged", merged=True)
+        _mark(target)
+    _write_backbone_shards(paths, ("tasks-merged", "tasks-understanding-merged"), "backbone-merged")
+    # The understanding samples once more on their own, so about half of a step's sequences are answers.
+    folder = paths.shards("backbone-understanding-merged")
+    if not _done(folder):
+        from unimask.data.loader import expand_shard_paths
+        from unimask.data.writer import write_shards
+        from unimask.shapes.backbone_samples import backbone_records
+
         _, _, builder = shapes_layout_and_builder(paths)
-        sources = [
-            (backbone_records(expand_shard_paths([str(paths.shards(name))]), builder, seed=seed,
-                              answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS), paths.count(name))
-            for seed, name in enumerate(("tasks", "tasks-understanding"))
-        ]
-        write_shards(interleave_evenly(sources), out, max_count=2000)
-        _mark(out)
+        records = backbone_records(expand_shard_paths([str(paths.shards("tasks-understanding-merged"))]), builder,
+                                   seed=1, answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS)
+        write_shards(records, folder, max_count=2000)
+        _mark(folder)
 
 
 def _stage_assemble(paths: BuildPaths) -> None:
@@ -279,7 +345,7 @@ def _stage_assemble(paths: BuildPaths) -> None:
     from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
     layout, text_tokenizer, _ = shapes_layout_and_builder(paths)
-    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone")).eval()
+    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_merged")).eval()
 
     # The decoder-side VAE fine-tune keeps the encoder, so the transformers' latents stay valid.
     sharpened_vae = paths.export("vae_decoder") / "vae"
@@ -295,7 +361,7 @@ def _stage_assemble(paths: BuildPaths) -> None:
 
     turbo = decoder(paths.export(TURBO_TRANSFORMER_STAGE) / "decoder", "turbo")
     normal = decoder(paths.export("decoder_flow") / "decoder", "normal")
-    pipe = UniPipeline(backbone, text_tokenizer, _shapes_tokenizer(paths), turbo, layout, GenerationDefaults(GENERATION_DEFAULTS))
+    pipe = UniPipeline(backbone, text_tokenizer, _shapes_tokenizer(paths, merged=True), turbo, layout, GenerationDefaults(GENERATION_DEFAULTS))
     pipe._decoders["normal"] = normal  # saved as decoder-normal/ next to the turbo decoder
     pipe.save_pretrained(paths.out)
     size = sum(f.stat().st_size for f in paths.out.rglob("*") if f.is_file())
@@ -314,6 +380,8 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "tokenizer_probe": _stage_tokenizer_probe,
     "coded_shards": _stage_coded_shards,
     "backbone_data": _stage_backbone_data,
+    "tokenizer_merge": _stage_tokenizer_merge,
+    "merged_backbone_data": _stage_merged_backbone_data,
     "assemble": _stage_assemble,
 }
 
