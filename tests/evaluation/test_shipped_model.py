@@ -27,10 +27,10 @@ pytestmark = [
 EVAL_SEED = 0
 NUM_PER_TYPE = 4
 # Measured on this suite (4 per type, seed 0) for the shipped model (v5, 2026-12-02: merged background codes,
-# adaptive text-to-image schedule with guidance 2): understanding 0.46 / 0.50, turbo soft 0.38 / 0.42 with the
-# prompted background in every image and 1.0 / 0.75 extra objects, normal soft 0.33 / 0.36 (in distribution /
-# held out); strict, multi-reference and interleaved are 0 and editing 0.04 / 0 (docs/model-card.md), so they
-# have no floor yet.
+# adaptive text-to-image schedule with guidance 2): understanding 0.71 / 0.50, turbo soft 0.50 / 0.39 with the
+# prompted background in every image and 2.0 / 1.5 extra objects, normal soft 0.58 / 0.44 (in distribution /
+# held out); strict, multi-reference and interleaved are 0 and editing 0.04 / 0.14 (docs/model-card.md), so
+# they have no floor yet.
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.35,
