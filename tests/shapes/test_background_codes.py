@@ -101,7 +101,7 @@ def test_merge_makes_background_codes_deterministic_and_keeps_object_codes():
 
     before_grids = encode(scenes)
     # A code nobody used before a round can take over a merged one's features: later rounds catch it.
-    report = merge_background_codes(tokenizer, scenes, shares=(0.9, 0.8, 0.8, 0.8), encode=encode)
+    report = merge_background_codes(tokenizer, scenes, shares=(0.9, 0.8, 0.8, 0.8), encode=lambda: encode(scenes))
     after_grids = encode(scenes)
     for name in ("white", "gray", "black"):
         assert report["before"][f"background {name}"]["codes"] > 2

@@ -113,30 +113,32 @@ def merge_background_codes(
     tokenizer: Any,
     scenes: Sequence[Scene],
     shares: Sequence[float] = (0.9, 0.8),
-    encode: Callable[[list[Scene]], list[np.ndarray]] | None = None,
+    encode: Callable[[], list[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Merge ``tokenizer``'s background codes in place, one round per entry of ``shares``.
 
     tokenizer: a ``SigLIPVQTokenizer`` (its ``vqmodel.quantize.embedding`` is rewritten); scenes: the
     Shapes World scenes the statistics are taken on (1500 is plenty). Each round re-encodes the scenes
     with the merged codebook, so codes that only stood in for background after the first merge join
-    in the second. Returns ``{"before": ..., "after": ..., "rounds": [groups, ...]}`` (entropies keyed
+    in the second. ``encode`` (default: render the scenes once, tokenise them on each call) returns the
+    (8, 8) code grids of ``scenes`` under the tokenizer's current codebook. Returns ``{"before": ..., "after": ..., "rounds": [groups, ...]}`` (entropies keyed
     ``"background <colour>"`` and ``"objects"``, see :func:`owner_entropy`).
     """
     if encode is None:
-        def encode(batch: list[Scene]) -> list[np.ndarray]:
-            ids = tokenizer.encode([render(scene) for scene in batch], "shapes_world", batch_size=100).ids
-            return [np.asarray(grid) for grid in ids]
+        images = [render(scene) for scene in scenes]
+
+        def encode() -> list[np.ndarray]:
+            return [np.asarray(grid) for grid in tokenizer.encode(images, "shapes_world", batch_size=100).ids]
 
     embedding = tokenizer.vqmodel.quantize.embedding
-    counts = code_owner_counts(encode(list(scenes)), scenes)
+    counts = code_owner_counts(encode(), scenes)
     report: dict[str, Any] = {"before": _summary(counts), "rounds": []}
     for share in shares:
         new_codebook, groups = merged_codebook(embedding.weight, counts, share)
         with torch.no_grad():
             embedding.weight.copy_(new_codebook)
         report["rounds"].append({"share": share, "groups": groups})
-        counts = code_owner_counts(encode(list(scenes)), scenes)
+        counts = code_owner_counts(encode(), scenes)
     report["after"] = _summary(counts)
     return report
 

@@ -261,8 +261,9 @@ def _stage_tokenizer_probe(paths: BuildPaths) -> None:
                    scores["chance"], "; the codes lose it, later stages cannot recover it" if level == logging.WARNING else "")
 
 
-def _write_backbone_shards(paths: BuildPaths, task_sets: tuple[str, str], out: str) -> None:
-    """Sequences of both coded task sets, interleaved evenly, into ``<root>/shards/<out>``."""
+def _write_backbone_shards(paths: BuildPaths, out: str, task_sets: dict[str, int]) -> None:
+    """Sequences of the coded task sets (``{shard folder name: sampling seed}``), interleaved evenly,
+    into ``<root>/shards/<out>``; a ``-merged`` folder holds as many samples as the set it was copied from."""
     from unimask.data.loader import expand_shard_paths
     from unimask.data.writer import write_shards
     from unimask.shapes.backbone_samples import backbone_records, interleave_evenly
@@ -273,8 +274,8 @@ def _write_backbone_shards(paths: BuildPaths, task_sets: tuple[str, str], out: s
     _, _, builder = shapes_layout_and_builder(paths)
     sources = [
         (backbone_records(expand_shard_paths([str(paths.shards(name))]), builder, seed=seed,
-                          answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS), paths.count(count_name))
-        for seed, (name, count_name) in enumerate(zip(task_sets, ("tasks", "tasks-understanding")))
+                          answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS), paths.count(name.removesuffix("-merged")))
+        for name, seed in task_sets.items()
     ]
     write_shards(interleave_evenly(sources), folder, max_count=2000)
     _mark(folder)
@@ -285,7 +286,7 @@ def _stage_backbone_data(paths: BuildPaths) -> None:
     # against a 64-code image, and each question kind needs thousands of them.
     _coded_shard_set(paths, "tasks", seed=3, kind="tasks")
     _coded_shard_set(paths, "tasks-understanding", seed=5, kind="tasks", tasks=["understanding"])
-    _write_backbone_shards(paths, ("tasks", "tasks-understanding"), "backbone")
+    _write_backbone_shards(paths, "backbone", {"tasks": 0, "tasks-understanding": 1})
 
 
 def _stage_tokenizer_merge(paths: BuildPaths) -> None:
@@ -319,19 +320,9 @@ def _stage_merged_backbone_data(paths: BuildPaths) -> None:
             shutil.copyfile(shard, target / shard.name)
         _add_codes(paths, f"{name}-merged", merged=True)
         _mark(target)
-    _write_backbone_shards(paths, ("tasks-merged", "tasks-understanding-merged"), "backbone-merged")
+    _write_backbone_shards(paths, "backbone-merged", {"tasks-merged": 0, "tasks-understanding-merged": 1})
     # The understanding samples once more on their own, so about half of a step's sequences are answers.
-    folder = paths.shards("backbone-understanding-merged")
-    if not _done(folder):
-        from unimask.data.loader import expand_shard_paths
-        from unimask.data.writer import write_shards
-        from unimask.shapes.backbone_samples import backbone_records
-
-        _, _, builder = shapes_layout_and_builder(paths)
-        records = backbone_records(expand_shard_paths([str(paths.shards("tasks-understanding-merged"))]), builder,
-                                   seed=1, answer_length=ANSWER_LENGTH, tail_eos=TAIL_EOS)
-        write_shards(records, folder, max_count=2000)
-        _mark(folder)
+    _write_backbone_shards(paths, "backbone-understanding-merged", {"tasks-understanding-merged": 1})
 
 
 def _stage_assemble(paths: BuildPaths) -> None:
