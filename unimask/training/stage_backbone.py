@@ -16,7 +16,11 @@ block-diffusion masks, positions restarting per document).
     default: random weights), image_embeddings_init (a saved image tokenizer folder: a fresh model's
     image-code rows of the input embedding and output head start as its codebook, see
     ``unimask.training.code_embeddings``; not with ``init``), text_loss_weight (float > 0, default
-    1.0: factor on the loss of masked text positions against image codes).
+    1.0: factor on the loss of masked text positions against image codes),
+    expert_bias_update_rate (float >= 0, default 0.0: off; > 0 moves every MoE layer's
+    ``expert_bias`` towards equal expert load after each optimizer step, auxiliary-loss-free
+    balancing, see ``unimask.training.expert_balance``; 1e-3 is the usual rate; needs
+    ``moe_router_enable_expert_bias``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from unimask.unimodal.losses import check_text_loss_weight
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
 _OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init",
-            "text_loss_weight"}
+            "text_loss_weight", "expert_bias_update_rate"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -79,6 +83,13 @@ class BackboneStage(Stage):
             self.text_loss_weight = check_text_loss_weight(options.get("text_loss_weight", 1.0))
         except ValueError as err:
             raise ConfigError(f"stage_options.{err}") from None
+        rate = options.get("expert_bias_update_rate", 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ConfigError(f"stage_options.expert_bias_update_rate must be a float in [0, 1) (0: no balancing), got {rate!r}")
+        if rate and not self.model_config.moe_router_enable_expert_bias:
+            raise ConfigError("stage_options.expert_bias_update_rate > 0 needs model.moe_router_enable_expert_bias: true")
+        self.expert_bias_update_rate = float(rate)
+        self.balancer = None
         self.init = options.get("init")
         if self.init is not None:
             from unimask.unimodal.checkpoint_layout import checkpoint_files
@@ -97,6 +108,17 @@ class BackboneStage(Stage):
         self.current_step = 0
 
     def build_model(self) -> nn.Module:
+        model = self._build_weights()
+        if self.expert_bias_update_rate and self.balancer is None:  # the first model built is the one trained
+            from unimask.training.expert_balance import ExpertBiasBalancer
+
+            self.balancer = ExpertBiasBalancer(model, self.expert_bias_update_rate)
+        return model
+
+    def after_optimizer_step(self) -> dict[str, float]:
+        return self.balancer.step() if self.balancer is not None else {}
+
+    def _build_weights(self) -> nn.Module:
         from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
         if self.init is None:

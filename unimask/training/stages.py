@@ -55,6 +55,10 @@ class Stage:
     def on_step(self, step: int) -> None:
         """Called before optimizer step ``step`` (0-based), e.g. for a block-size schedule."""
 
+    def after_optimizer_step(self) -> dict[str, float]:
+        """Called after each applied optimizer step (on every rank); returns extra float metrics."""
+        return {}
+
     def make_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Collate decoded samples (see :mod:`unimask.data.shard_format`) into a batch of tensors."""
         raise NotImplementedError

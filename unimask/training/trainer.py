@@ -313,8 +313,10 @@ class Trainer:
         global_loss = reduced[0]
         sums = all_reduce_sum([counts["samples"], counts["tokens"], counts["images"], flops], context)
         finite = math.isfinite(global_loss) and math.isfinite(grad_norm)
+        after_step: dict[str, float] = {}
         if finite:
             optimizer.step()
+            after_step = self.stage.after_optimizer_step()
             self.consecutive_nan_skips = 0
         optimizer.zero_grad(set_to_none=True)
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -323,7 +325,7 @@ class Trainer:
             "samples_per_s": sums[0] / elapsed, "tokens_per_s": sums[1] / elapsed, "images_per_s": sums[2] / elapsed,
             "mfu": (sums[3] / elapsed / (peak_flops * context.world_size)) if peak_flops and sums[3] else None,
             "step_time_s": elapsed, "skipped_samples": None, "nan_skips": self.nan_skips,
-            **dict(zip(scalar_keys, reduced[1:])), **stage_other,
+            **dict(zip(scalar_keys, reduced[1:])), **stage_other, **after_step,
         }
         if not finite:
             self._handle_non_finite(record)
