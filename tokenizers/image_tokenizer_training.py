@@ -3,7 +3,7 @@
 Stage 1 (semantic encoder): sigmoid contrastive (SigLIP) training of the vision tower
 (``GlmImageVisionModel``) against a small text tower on image-caption pairs, with open_clip's
 ``SigLipLoss``. Instead of training from scratch, a SigLIP2 vision checkpoint can be mapped onto the
-tower with ``glm_vision_state_dict_from_siglip2`` (no download here; pass a state dict you have).
+tower with ``unimask.tokenizers.siglip2_conversion`` (no download here; pass a state dict you have).
 
 Stage 2 (quantizer): the frozen tower's features go through ``quant_conv`` and are snapped to the
 nearest code by cosine distance (the official ``GlmImageVQVAE``). Trained with a commitment loss, a
@@ -423,86 +423,3 @@ def vq_stage_loss(model: VQStageModel, batch: dict) -> tuple[torch.Tensor, dict[
         }
     )
     return loss, metrics
-
-
-def nearest_centroid_accuracy(
-    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
-) -> float:
-    """Semantic probe: classify each test vector by the cosine-nearest class mean of the training
-    vectors. x: (N, D) float, y: (N,) int64 labels. Returns accuracy in [0, 1]."""
-    classes = torch.unique(train_y)
-    centroids = torch.stack([F.normalize(train_x[train_y == c], dim=-1).mean(0) for c in classes])
-    predictions = classes[(F.normalize(test_x, dim=-1) @ F.normalize(centroids, dim=-1).T).argmax(dim=1)]
-    return (predictions == test_y).float().mean().item()
-
-
-@torch.no_grad()
-def semantic_probe(
-    model: VQStageModel, pixel_values: torch.Tensor, labels: torch.Tensor, train_fraction: float = 0.5
-) -> dict[str, float]:
-    """Compare how well image labels are recovered from continuous vs quantized tokens.
-
-    pixel_values: (B, 3, H, W); labels: (B,) int64 (e.g. an attribute such as shape or colour).
-    The first ``train_fraction`` of the images fit class centroids of mean-pooled latents (continuous)
-    and of mean-pooled codes (quantized); the rest are classified. Returns ``continuous_accuracy``,
-    ``quantized_accuracy`` and ``quantized_cosine``.
-    """
-    if not 0.0 < train_fraction < 1.0 or labels.shape[0] != pixel_values.shape[0]:
-        raise ValueError(
-            f"need 0 < train_fraction < 1 and one label per image, got {train_fraction}, {tuple(labels.shape)}"
-        )
-    was_training = model.training
-    model.eval()
-    output = model(pixel_values)
-    model.train(was_training)
-    batch = pixel_values.shape[0]
-    continuous = output.latents.view(batch, -1, output.latents.shape[-1]).mean(1)
-    quantized = output.quantized.view(batch, -1, output.quantized.shape[-1]).mean(1)
-    split = max(1, int(batch * train_fraction))
-
-    def accuracy(vectors: torch.Tensor) -> float:
-        return nearest_centroid_accuracy(vectors[:split], labels[:split], vectors[split:], labels[split:])
-
-    return {
-        "continuous_accuracy": accuracy(continuous),
-        "quantized_accuracy": accuracy(quantized),
-        "quantized_cosine": (output.latents * output.quantized).sum(-1).mean().item(),
-    }
-
-
-def glm_vision_state_dict_from_siglip2(
-    siglip2_state: dict[str, torch.Tensor], patch_size: int = 16
-) -> dict[str, torch.Tensor]:
-    """Map a SigLIP2 vision tower (transformers ``Siglip2VisionModel`` state dict; a ``vision_model.``
-    prefix is accepted) onto ``GlmImageVisionModel`` names.
-
-    - ``embeddings.patch_embedding`` (Linear over patches flattened as (row, col, channel)) ->
-      ``patch_embed.proj`` (Conv2d, weight (D, C, p, p));
-    - ``embeddings.position_embedding`` -> ``embeddings.position_embedding`` (same square table);
-    - per layer ``self_attn.{q,k,v}_proj`` -> ``attn.qkv`` (concatenated), ``self_attn.out_proj`` ->
-      ``attn.proj``, ``layer_norm1/2`` -> ``norm1/2``, ``mlp.fc1/fc2`` unchanged;
-    - ``post_layernorm`` and the pooling ``head`` have no counterpart and are dropped.
-    Use ``hidden_act="gelu_pytorch_tanh"`` and SigLIP2's ``layer_norm_eps`` in the vision config.
-    At the table's own grid size both towers compute the same features (up to SigLIP2's final
-    layer norm); at other sizes the position tables are resampled slightly differently.
-    """
-    state = {k.removeprefix("vision_model."): v for k, v in siglip2_state.items()}
-    patch_weight = state["embeddings.patch_embedding.weight"]
-    dim = patch_weight.shape[0]
-    channels = patch_weight.shape[1] // (patch_size * patch_size)
-    mapped = {
-        "patch_embed.proj.weight": patch_weight.view(dim, patch_size, patch_size, channels).permute(0, 3, 1, 2),
-        "patch_embed.proj.bias": state["embeddings.patch_embedding.bias"],
-        "embeddings.position_embedding.weight": state["embeddings.position_embedding.weight"],
-    }
-    num_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
-    for i in range(num_layers):
-        src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            mapped[f"{dst}attn.qkv.{kind}"] = torch.cat([state[f"{src}self_attn.{n}_proj.{kind}"] for n in "qkv"])
-            mapped[f"{dst}attn.proj.{kind}"] = state[f"{src}self_attn.out_proj.{kind}"]
-            mapped[f"{dst}norm1.{kind}"] = state[f"{src}layer_norm1.{kind}"]
-            mapped[f"{dst}norm2.{kind}"] = state[f"{src}layer_norm2.{kind}"]
-            mapped[f"{dst}mlp.fc1.{kind}"] = state[f"{src}mlp.fc1.{kind}"]
-            mapped[f"{dst}mlp.fc2.{kind}"] = state[f"{src}mlp.fc2.{kind}"]
-    return mapped

@@ -10,12 +10,11 @@ from unimask.tokenizers.image_tokenizer_training import (
     build_siglip_stage,
     build_vq_stage,
     codebook_statistics,
-    glm_vision_state_dict_from_siglip2,
-    nearest_centroid_accuracy,
-    semantic_probe,
     siglip_stage_loss,
     vq_stage_loss,
 )
+from unimask.tokenizers.semantic_probe import nearest_centroid_accuracy, semantic_probe
+from unimask.tokenizers.siglip2_conversion import glm_vision_state_dict_from_siglip2
 
 USAGE_FLOOR = 0.6  # fraction of the 64 codes used on a held-out batch of 256 tokens after training
 
