@@ -69,6 +69,23 @@ def test_balancer_sums_training_forwards_steps_every_layer_and_resets(model):
     assert all(load is None for load in balancer.loads)
 
 
+def test_backbone_stage_drops_the_loads_of_a_step_it_did_not_apply(tmp_path):
+    # The trainer calls on_step before every step's forwards and after_optimizer_step only when the
+    # step was applied; a step skipped for a non-finite loss must not leak its loads into the next.
+    recipe = from_mapping(TrainRecipe, {"stage": "backbone", "out_dir": str(tmp_path), "data": {"shards": ["x"]}, "model": MODEL,
+                                        "stage_options": {"mask_token_id": 1, "expert_bias_update_rate": 0.01}})
+    stage = get_stage("backbone")(recipe)
+    model = stage.build_model().train()
+    biases = [block.gate.expert_bias for block in stage.balancer.blocks]
+    stage.on_step(0)
+    model(torch.randint(2, 96, (2, 16)))  # step 0 is skipped: no after_optimizer_step
+    stage.on_step(1)
+    assert stage.after_optimizer_step() == {"expert_bias_absmax": 0.0}
+    assert all(not bias.any() for bias in biases)
+    model(torch.randint(2, 96, (2, 16)))
+    assert stage.after_optimizer_step()["expert_bias_absmax"] == pytest.approx(0.01)
+
+
 def test_balancer_refuses_bad_rate_and_models_without_experts(model):
     with pytest.raises(ValueError, match="update_rate"):
         ExpertBiasBalancer(model, update_rate=0.0)

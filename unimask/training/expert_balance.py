@@ -46,6 +46,8 @@ class ExpertBiasBalancer:
     def _counter(self, index: int):
         def count(module: nn.Module, args, output) -> None:
             # Only training forwards count; an evaluation forward in between must not move the bias.
+            # (An activation-checkpointing recompute counts a layer twice; the update uses only the
+            # sign of each expert's deviation from the mean, which that does not change.)
             if not module.training:
                 return
             load = output[1].expert_load.detach().float()
@@ -53,29 +55,31 @@ class ExpertBiasBalancer:
 
         return count
 
-    def step(self) -> dict[str, float]:
-        """Apply one bias update from the loads counted since the last call, then reset them.
+    def reset(self) -> None:
+        """Forget the loads counted so far (call before each optimizer step's forwards)."""
+        self.loads = [None] * len(self.blocks)
 
-        Layers that saw no training forward are left unchanged. Under torch.distributed the loads
-        are summed over all ranks first (every rank must call this after the same step).
+    def step(self) -> dict[str, float]:
+        """Apply one bias update from the loads counted since the last reset, then reset them.
+
+        Layers that saw no training forward are left unchanged (their load is zero everywhere, so
+        every expert sits at the mean). Under torch.distributed the loads of all layers are summed
+        over the ranks in one all-reduce first (every rank must call this after the same step).
 
         Returns:
             ``{"expert_bias_absmax": float}``, the largest |bias| over all layers after the update.
         """
-        for index, block in enumerate(self.blocks):
-            load = self.loads[index]
-            if load is None:
-                load = torch.zeros_like(block.gate.expert_bias, dtype=torch.float32)
-                seen = torch.zeros((), device=load.device)
-            else:
-                seen = torch.ones((), device=load.device)
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(load)
-                dist.all_reduce(seen)
-            if seen.item() > 0:
-                update_expert_bias(block.gate.expert_bias, load, self.update_rate)
-            self.loads[index] = None
-        return {"expert_bias_absmax": max(float(block.gate.expert_bias.abs().max()) for block in self.blocks)}
+        biases = [block.gate.expert_bias for block in self.blocks]
+        loads = torch.stack([
+            torch.zeros_like(bias, dtype=torch.float32) if load is None else load.to(bias.device)
+            for bias, load in zip(biases, self.loads)
+        ])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(loads)
+        for bias, load in zip(biases, loads):
+            update_expert_bias(bias, load, self.update_rate)
+        self.reset()
+        return {"expert_bias_absmax": max(float(bias.abs().max()) for bias in biases)}
 
     def remove(self) -> None:
         """Remove the forward hooks (the balancer counts nothing afterwards)."""

@@ -141,6 +141,8 @@ class BackboneStage(Stage):
 
     def on_step(self, step: int) -> None:
         self.current_step = step
+        if self.balancer is not None:  # loads of a step skipped for a non-finite loss must not carry over
+            self.balancer.reset()
 
     def sample_length(self, sample: dict[str, Any]) -> int:
         return len(sample["json"]["input_ids"])
