@@ -156,6 +156,7 @@ def masked_diffusion_loss(
     router_z_loss_weight: float = 0.0,
     text_loss_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    force_masked: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Masked-diffusion ELBO on (text + image-code) sequences.
 
@@ -174,6 +175,9 @@ def masked_diffusion_loss(
         text_loss_weight: factor on the CE of masked text positions (``modality`` 0) against image
             codes (1.0: the plain ELBO); needs ``modality`` when not 1.
         generator: CPU generator for the ratios and the masks.
+        force_masked: (B, L) bool, maskable positions masked whatever the sample's ratio and weighted
+            as at ratio 1 (the all-masked state a sampler starts from; see the backbone stage's
+            ``answer_full_mask_rate``). Default: none.
 
     Returns:
         ``(loss, metrics)``: () float32 loss = mean over samples of ``sum_masked CE / t`` (text
@@ -188,6 +192,13 @@ def masked_diffusion_loss(
     ratio = sample_mask_ratios(batch, stratified=stratified, eps=eps, generator=generator, device=device)
     draws = torch.rand(input_ids.shape, generator=generator).to(device)
     masked = (draws < ratio[:, None]) & maskable
+    inverse_ratio = (1.0 / ratio)[:, None].expand_as(input_ids)
+    if force_masked is not None:
+        if force_masked.shape != input_ids.shape:
+            raise ValueError(f"force_masked has shape {tuple(force_masked.shape)}; it must match input_ids {tuple(input_ids.shape)}")
+        forced = force_masked.bool().to(device) & maskable
+        masked = masked | forced
+        inverse_ratio = torch.where(forced, 1.0, inverse_ratio)
     noisy = input_ids.masked_fill(masked, mask_token_id)
     output = model(
         noisy,
@@ -195,7 +206,7 @@ def masked_diffusion_loss(
         position_ids=position_ids,
         output_router_stats=router_z_loss_weight > 0,
     )
-    token_weight = _modality_weighted((1.0 / ratio)[:, None].expand_as(input_ids), modality, text_loss_weight)
+    token_weight = _modality_weighted(inverse_ratio, modality, text_loss_weight)
     loss, metrics = _masked_ce_and_metrics(output.logits, input_ids, masked, token_weight, maskable, modality)
     return _add_router_terms(loss, metrics, output, router_z_loss_weight), metrics
 

@@ -170,3 +170,27 @@ def test_text_loss_weight_is_validated():
         masked_diffusion_loss(model, ids, mask_token_id=MASK_ID, modality=modality, text_loss_weight=0)
     with pytest.raises(ValueError, match="needs modality"):
         block_diffusion_loss(model, ids, mask_token_id=MASK_ID, block_length=4, text_loss_weight=2.0)
+
+
+def test_force_masked_positions_are_always_masked_and_weighted_as_ratio_one():
+    ids, modality = joint_batch()
+    forced = torch.zeros_like(ids, dtype=torch.bool)
+    forced[:, :3] = True  # the first three text positions of every row
+
+    def run(force):
+        model = RecordingModel()
+        loss = masked_diffusion_loss(model, ids, mask_token_id=MASK_ID, modality=modality, force_masked=force,
+                                     generator=torch.Generator().manual_seed(2))[0].item()
+        return model.calls[0][0], loss
+
+    noisy, forced_loss = run(forced)
+    plain_noisy, _ = run(None)
+    assert (noisy[:, :3] == MASK_ID).all()
+    # Elsewhere the row ratios draw the same masks as without forcing.
+    assert torch.equal(noisy[:, 3:], plain_noisy[:, 3:])
+    # Uniform logits cost log V per masked token: forced positions weigh 1, the others 1/t.
+    everything = torch.ones_like(forced)
+    _, all_forced_loss = run(everything)
+    assert all_forced_loss == pytest.approx(torch.log(torch.tensor(512.0)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="force_masked has shape"):
+        masked_diffusion_loss(RecordingModel(), ids, mask_token_id=MASK_ID, force_masked=forced[:, :4])

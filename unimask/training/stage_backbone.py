@@ -20,7 +20,11 @@ block-diffusion masks, positions restarting per document).
     expert_bias_update_rate (float >= 0, default 0.0: off; > 0 moves every MoE layer's
     ``expert_bias`` towards equal expert load after each optimizer step, auxiliary-loss-free
     balancing, see ``unimask.training.expert_balance``; 1e-3 is the usual rate; needs
-    ``moe_router_enable_expert_bias``).
+    ``moe_router_enable_expert_bias``), answer_full_mask_rate (float in [0, 1], default 0.0: the
+    probability that a document whose response is all text (an understanding or chat answer) has
+    every response position masked whatever its row's ratio, weighted as at ratio 1: the state a
+    sampler starts an answer from, which the uniform ratios reach in few rows; see ``force_masked``
+    of ``unimask.unimodal.losses.masked_diffusion_loss``; objective "masked" only).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from unimask.unimodal.losses import check_text_loss_weight
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
 _OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init",
-            "text_loss_weight", "expert_bias_update_rate"}
+            "text_loss_weight", "expert_bias_update_rate", "answer_full_mask_rate"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -89,6 +93,12 @@ class BackboneStage(Stage):
         if rate and not self.model_config.moe_router_enable_expert_bias:
             raise ConfigError("stage_options.expert_bias_update_rate > 0 needs model.moe_router_enable_expert_bias: true")
         self.expert_bias_update_rate = float(rate)
+        full_mask = options.get("answer_full_mask_rate", 0.0)
+        if isinstance(full_mask, bool) or not isinstance(full_mask, (int, float)) or not 0 <= full_mask <= 1:
+            raise ConfigError(f"stage_options.answer_full_mask_rate must be a float in [0, 1] (0: off), got {full_mask!r}")
+        if full_mask and self.objective != "masked":
+            raise ConfigError("stage_options.answer_full_mask_rate needs objective: masked")
+        self.answer_full_mask_rate = float(full_mask)
         self.balancer = None
         self.init = options.get("init")
         if self.init is not None:
@@ -148,7 +158,8 @@ class BackboneStage(Stage):
         return len(sample["json"]["input_ids"])
 
     def make_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        documents, responses = [], []
+        documents, responses, answers = [], [], []
+        offset = self.model_config.image_token_offset
         for sample in samples:
             meta = sample["json"]
             if "input_ids" not in meta:
@@ -158,6 +169,8 @@ class BackboneStage(Stage):
             response = torch.zeros_like(ids, dtype=torch.bool)
             response[int(meta.get("response_start", 0)) :] = True
             responses.append(response)
+            all_text = bool(response.any()) and bool((ids[response] < offset).all())
+            answers.append(response & all_text)
         budget = self.recipe.data.token_budget or max(len(d) for d in documents)
         rows = self.recipe.micro_batch_size if self.recipe.data.token_budget else len(documents)
         if not self.recipe.data.token_budget:
@@ -171,8 +184,20 @@ class BackboneStage(Stage):
         maskable = torch.zeros_like(loss_mask)
         flat_response = torch.cat([r[:budget] for r in responses])
         maskable[loss_mask] = flat_response
-        modality = (ids >= self.model_config.image_token_offset).long()
-        return {"input_ids": ids, "document_ids": document_ids, "maskable": maskable, "modality": modality, "token_count": int(loss_mask.sum())}
+        answer_positions = torch.zeros_like(loss_mask)
+        answer_positions[loss_mask] = torch.cat([a[:budget] for a in answers])
+        modality = (ids >= offset).long()
+        return {"input_ids": ids, "document_ids": document_ids, "maskable": maskable, "modality": modality,
+                "answer_positions": answer_positions, "token_count": int(loss_mask.sum())}
+
+    def _forced_answers(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(B, L) bool: the answer positions of the documents drawn (each with ``answer_full_mask_rate``) to be fully masked."""
+        if not self.answer_full_mask_rate:
+            return None
+        document_ids = batch["document_ids"]
+        draws = torch.rand(document_ids.shape[0], int(document_ids.max()) + 1)
+        chosen = draws.gather(1, document_ids.cpu()) < self.answer_full_mask_rate
+        return batch["answer_positions"] & chosen.to(document_ids.device)
 
     def _current_block_length(self, seq_len: int) -> int:
         if self.block_schedule is None:
@@ -191,7 +216,8 @@ class BackboneStage(Stage):
         if self.objective == "block":
             return block_diffusion_loss(model, ids, block_length=self._current_block_length(ids.shape[1]), document_ids=document_ids, **common)
         mask = bidirectional_mask(ids.shape[1], document_ids=document_ids, device=ids.device)
-        return masked_diffusion_loss(model, ids, attention_mask=mask, position_ids=positions_in_documents(document_ids), **common)
+        return masked_diffusion_loss(model, ids, attention_mask=mask, position_ids=positions_in_documents(document_ids),
+                                     force_masked=self._forced_answers(batch), **common)
 
     def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
         return {"samples": int(batch["input_ids"].shape[0]), "tokens": batch["token_count"], "images": 0}
