@@ -63,6 +63,7 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     from unimask.pipelines.pipeline_uni import UniPipeline
     from unimask.shapes.build_default import build
     from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
+    from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
     paths = BuildPaths(tmp_path / "quick", tmp_path / "model", quick=True)
     build(paths)
@@ -75,3 +76,8 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     torch.testing.assert_close(shipped, SigLIPVQTokenizer.from_pretrained(paths.merged_tokenizer).vqmodel.quantize.embedding.weight)
     assert (paths.export("backbone_merged") / "model.safetensors").is_file()
     assert (paths.shards("backbone-understanding-merged") / ".done").is_file()
+    # ... and then on the fresh, answer-heavy samples, which is what the pipeline ships.
+    assert (paths.shards("backbone-answers") / ".done").is_file()
+    shipped_backbone = pipe.backbone.state_dict()
+    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_answers")).state_dict()
+    assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

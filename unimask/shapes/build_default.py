@@ -23,6 +23,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     tokenizer_merge  one code per background colour (background_codes) -> <root>/shapes/tokenizer-merged
     merged_backbone_data  the backbone_data samples coded again by it -> <root>/shards/backbone-merged, ...
     backbone_merged  the backbone continued on them (configs/shapes/backbone-merged.yaml)
+    answer_data      fresh samples coded by it, 2 in 3 questions -> <root>/shards/answers, answers-tasks, backbone-answers
+    backbone_answers the backbone continued on them (configs/shapes/backbone-answers.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -48,7 +50,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge",
-    "merged_backbone_data", "backbone_merged", "assemble",
+    "merged_backbone_data", "backbone_merged", "answer_data", "backbone_answers", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -56,13 +58,15 @@ RECIPES = {
     "tokenizer_vq": "tokenizer-vq.yaml",
     "backbone": "backbone.yaml",
     "backbone_merged": "backbone-merged.yaml",
+    "backbone_answers": "backbone-answers.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_distill": "decoder-distill.yaml",
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
-          "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40)}
+          "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
+          "answers": (60000, 32), "answers-tasks": (30000, 64)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -210,13 +214,14 @@ def _stage_caption_shards(paths: BuildPaths) -> None:
             _mark(paths.shards(name))
 
 
-def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str, **options: Any) -> None:
-    """Write ``<root>/shards/<name>`` (unless its shards exist) and add image codes; marked done after."""
+def _coded_shard_set(paths: BuildPaths, name: str, seed: int, kind: str, merged: bool = False, **options: Any) -> None:
+    """Write ``<root>/shards/<name>`` (unless its shards exist) and add image codes (of the merged
+    tokenizer when ``merged``); marked done after."""
     folder = paths.shards(name)
     if not _done(folder):
         if not any(folder.glob("*.tar")):
             _write(paths, name, seed=seed, kind=kind, **options)
-        _add_codes(paths, name)
+        _add_codes(paths, name, merged=merged)
         _mark(folder)
 
 
@@ -325,6 +330,14 @@ def _stage_merged_backbone_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-understanding-merged", {"tasks-understanding-merged": 1})
 
 
+def _stage_answer_data(paths: BuildPaths) -> None:
+    # New samples (not the ones backbone_merged read many times), two in three of them questions, so
+    # most sequences of a step end in an answer.
+    _coded_shard_set(paths, "answers", seed=21, kind="tasks", merged=True, tasks=["understanding"])
+    _coded_shard_set(paths, "answers-tasks", seed=22, kind="tasks", merged=True)
+    _write_backbone_shards(paths, "backbone-answers", {"answers": 31, "answers-tasks": 32})
+
+
 def _stage_assemble(paths: BuildPaths) -> None:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
@@ -336,7 +349,7 @@ def _stage_assemble(paths: BuildPaths) -> None:
     from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
     layout, text_tokenizer, _ = shapes_layout_and_builder(paths)
-    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_merged")).eval()
+    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_answers")).eval()
 
     # The decoder-side VAE fine-tune keeps the encoder, so the transformers' latents stay valid.
     sharpened_vae = paths.export("vae_decoder") / "vae"
@@ -373,6 +386,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "backbone_data": _stage_backbone_data,
     "tokenizer_merge": _stage_tokenizer_merge,
     "merged_backbone_data": _stage_merged_backbone_data,
+    "answer_data": _stage_answer_data,
     "assemble": _stage_assemble,
 }
 
