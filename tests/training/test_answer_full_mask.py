@@ -5,6 +5,7 @@ import torch
 
 from unimask.config import ConfigError, from_mapping
 from unimask.training.recipe import TrainRecipe
+from unimask.training.stage_backbone import _all_text_responses
 from unimask.training.stages import get_stage
 
 MODEL = {"preset": "tiny", "vocab_size": 64, "image_token_offset": 32, "hidden_size": 32, "intermediate_size": 64,
@@ -30,7 +31,7 @@ def _samples():
 
 def test_answer_positions_cover_only_all_text_responses(tmp_path):
     batch = _stage(tmp_path).make_batch(_samples())
-    answers = batch["answer_positions"]
+    answers = _all_text_responses(batch["maskable"], batch["modality"], batch["document_ids"])
     # Exactly the two text answers' 3 positions each are marked, and all of them are maskable.
     assert int(answers.sum()) == 6
     assert bool((batch["maskable"] | ~answers).all())
@@ -50,7 +51,9 @@ def test_rate_one_masks_every_answer_position(tmp_path):
     torch.manual_seed(0)
     loss, _ = stage.loss(model, batch)
     assert torch.isfinite(loss)
-    assert bool((seen["ids"][batch["answer_positions"]] == 1).all())
+    answers = _all_text_responses(batch["maskable"], batch["modality"], batch["document_ids"])
+    assert int(answers.sum()) == 6
+    assert bool((seen["ids"][answers] == 1).all())
     assert _stage(tmp_path)._forced_answers(batch) is None
 
 

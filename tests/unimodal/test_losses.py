@@ -183,7 +183,7 @@ def test_force_masked_positions_are_always_masked_and_weighted_as_ratio_one():
                                      generator=torch.Generator().manual_seed(2))[0].item()
         return model.calls[0][0], loss
 
-    noisy, forced_loss = run(forced)
+    noisy, _ = run(forced)
     plain_noisy, _ = run(None)
     assert (noisy[:, :3] == MASK_ID).all()
     # Elsewhere the row ratios draw the same masks as without forcing.

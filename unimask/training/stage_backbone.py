@@ -52,6 +52,15 @@ def available_backbone_presets() -> list[str]:
     return available_component_presets("backbone")
 
 
+def _all_text_responses(maskable: torch.Tensor, modality: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the maskable (response) positions of the packed documents whose response holds no image
+    code (modality 1), i.e. understanding and chat answers; inputs are (B, L) as ``make_batch`` returns them."""
+    image_positions = (maskable & (modality == 1)).long()
+    per_document = torch.zeros(document_ids.shape[0], int(document_ids.max()) + 1, dtype=torch.long, device=document_ids.device)
+    per_document.scatter_add_(1, document_ids, image_positions)
+    return maskable & (per_document.gather(1, document_ids) == 0)
+
+
 class BackboneStage(Stage):
     """Masked-diffusion (``objective: masked``) or block-diffusion (``objective: block``) ELBO."""
 
@@ -158,8 +167,7 @@ class BackboneStage(Stage):
         return len(sample["json"]["input_ids"])
 
     def make_batch(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        documents, responses, answers = [], [], []
-        offset = self.model_config.image_token_offset
+        documents, responses = [], []
         for sample in samples:
             meta = sample["json"]
             if "input_ids" not in meta:
@@ -169,8 +177,6 @@ class BackboneStage(Stage):
             response = torch.zeros_like(ids, dtype=torch.bool)
             response[int(meta.get("response_start", 0)) :] = True
             responses.append(response)
-            all_text = bool(response.any()) and bool((ids[response] < offset).all())
-            answers.append(response & all_text)
         budget = self.recipe.data.token_budget or max(len(d) for d in documents)
         rows = self.recipe.micro_batch_size if self.recipe.data.token_budget else len(documents)
         if not self.recipe.data.token_budget:
@@ -184,20 +190,18 @@ class BackboneStage(Stage):
         maskable = torch.zeros_like(loss_mask)
         flat_response = torch.cat([r[:budget] for r in responses])
         maskable[loss_mask] = flat_response
-        answer_positions = torch.zeros_like(loss_mask)
-        answer_positions[loss_mask] = torch.cat([a[:budget] for a in answers])
-        modality = (ids >= offset).long()
-        return {"input_ids": ids, "document_ids": document_ids, "maskable": maskable, "modality": modality,
-                "answer_positions": answer_positions, "token_count": int(loss_mask.sum())}
+        modality = (ids >= self.model_config.image_token_offset).long()
+        return {"input_ids": ids, "document_ids": document_ids, "maskable": maskable, "modality": modality, "token_count": int(loss_mask.sum())}
 
     def _forced_answers(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        """(B, L) bool: the answer positions of the documents drawn (each with ``answer_full_mask_rate``) to be fully masked."""
+        """(B, L) bool: the answer positions of the documents drawn (each with ``answer_full_mask_rate``) to be
+        fully masked; None when the rate is 0."""
         if not self.answer_full_mask_rate:
             return None
         document_ids = batch["document_ids"]
         draws = torch.rand(document_ids.shape[0], int(document_ids.max()) + 1)
         chosen = draws.gather(1, document_ids.cpu()) < self.answer_full_mask_rate
-        return batch["answer_positions"] & chosen.to(document_ids.device)
+        return _all_text_responses(batch["maskable"], batch["modality"], document_ids) & chosen.to(document_ids.device)
 
     def _current_block_length(self, seq_len: int) -> int:
         if self.block_schedule is None:
