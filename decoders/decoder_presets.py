@@ -41,8 +41,9 @@ def load_decoder_preset(name_or_path: str | Path) -> dict:
     cell_dim = preset["transformer"].get("siglip_feat_dim")
     if cell_dim is not None and cell_dim != preset["sigvq"]["inner_dim"]:
         raise ValueError(f"{path}: transformer.siglip_feat_dim must equal sigvq.inner_dim (or be absent)")
-    if preset["vae"]["latent_channels"] != preset["transformer"]["in_channels"]:
-        raise ValueError(f"{path}: vae.latent_channels must equal transformer.in_channels")
+    draft_channels = preset["sigvq"].get("draft_channels", 0)
+    if preset["vae"]["latent_channels"] + draft_channels != preset["transformer"]["in_channels"]:
+        raise ValueError(f"{path}: transformer.in_channels must equal vae.latent_channels plus sigvq.draft_channels")
     return preset
 
 

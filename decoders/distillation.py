@@ -64,7 +64,9 @@ def distillation_loss(
     device = student.transformer.device
     data = encode_pixels(teacher.vae, batch["pixel_values"], generator=generator).to(device)
     with torch.no_grad():
-        features = teacher.sigvq.condition(batch["token_grids"], cells=reads_cell_features(teacher.transformer)).to(device)
+        features = teacher.sigvq.condition(
+            batch["token_grids"], cells=reads_cell_features(teacher.transformer), latent_size=tuple(data.shape[-2:])
+        ).to(device)
     count = data.shape[0]
     grid = torch.as_tensor(reference_data_times(teacher_steps, stochastic=False), dtype=torch.float32, device=device)
     rng_device = generator.device if generator is not None else "cpu"

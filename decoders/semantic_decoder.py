@@ -241,14 +241,17 @@ class SemanticImageDecoder(DiffusionPipeline):
         (official: (16, 1, 2 * H / 16, 2 * W / 16))."""
         out_h, out_w = self.output_size(height, width, resolution_multiplier)
         factor = vae_downsampling_factor(self.vae)
-        shape = (batch, self.transformer.config.in_channels, 1, out_h // factor, out_w // factor)
+        channels = self.transformer.config.in_channels - self.sigvq.config.get("draft_channels", 0)
+        shape = (batch, channels, 1, out_h // factor, out_w // factor)
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 
     def _decode_group(self, grids, steps, guidance_scale, generator, resolution_multiplier, callback):
         device = self._execution_device
-        condition = self.sigvq.condition(grids.to(device), cells=reads_cell_features(self.transformer))
         batch, height, width = grids.shape
         latents = self.prepare_latents(batch, height, width, resolution_multiplier, generator, device)
+        condition = self.sigvq.condition(
+            grids.to(device), cells=reads_cell_features(self.transformer), latent_size=tuple(latents.shape[-2:])
+        )
 
         def velocity_fn(noisy: torch.Tensor, data_time: torch.Tensor) -> torch.Tensor:
             return predict_velocity(self.transformer, noisy, data_time, condition, guidance_scale)

@@ -47,10 +47,22 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
             features of `encode_grids`. The transformer sees caption features at 1-D positions only,
             so a small decoder trained from scratch learns which latent patch a token belongs to
             far faster when the feature carries its grid cell.
+        draft_channels, draft_patch: 0 (official) or the shape of a learned latent patch per code
+            (`draft_latent_patches`, (vocab_size, draft_channels, draft_patch, draft_patch)): `draft_latents`
+            tiles a grid's patches into a draft image at latent resolution, which a transformer built with
+            `draft_channels` more input channels than the VAE latents reads next to the noisy latents, so
+            every latent patch sees its own code in place (see `unimask.decoders.velocity`).
     """
 
     @register_to_config
-    def __init__(self, vocab_size: int = 16384, inner_dim: int = 4096, grid_position_size: int = 0):
+    def __init__(
+        self,
+        vocab_size: int = 16384,
+        inner_dim: int = 4096,
+        grid_position_size: int = 0,
+        draft_channels: int = 0,
+        draft_patch: int = 0,
+    ):
         super().__init__()
         self.prior_token_embedding = nn.Embedding(vocab_size, inner_dim)
         self.prior_projector = FeedForward(
@@ -64,6 +76,14 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
             # small next to the token features, so the cell does not drown what the token says
             nn.init.normal_(self.grid_row_embedding.weight, std=0.1)
             nn.init.normal_(self.grid_col_embedding.weight, std=0.1)
+        if draft_channels < 0 or draft_patch < 0 or bool(draft_channels) != bool(draft_patch):
+            raise ValueError(
+                f"draft_channels ({draft_channels}) and draft_patch ({draft_patch}) must both be 0 or both be > 0"
+            )
+        if draft_channels:
+            # random, not zero: the transformer's draft input weights start at zero when it continues an
+            # earlier decoder, and two zero factors would never receive a gradient
+            self.draft_latent_patches = nn.Parameter(torch.randn(vocab_size, draft_channels, draft_patch, draft_patch) * 0.5)
         self.requires_grad_(False)
 
     def grid_position_parameters(self) -> list[nn.Parameter]:
@@ -71,6 +91,30 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         if not self.config.grid_position_size:
             return []
         return [self.grid_row_embedding.weight, self.grid_col_embedding.weight]
+
+    def trained_with_transformer(self) -> list[nn.Parameter]:
+        """Parameters learned together with the transformer that reads them: grid positions and
+        draft patches (empty for the official layout)."""
+        draft = [self.draft_latent_patches] if self.config.draft_channels else []
+        return self.grid_position_parameters() + draft
+
+    def draft_latents(self, token_grids: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """The draft image of token grids: each code's learned latent patch in its cell.
+
+        token_grids: (batch, h, w) int64; latent_size: (H, W) of the latents it sits beside (patches
+        are resized nearest when H != h * draft_patch). Returns (batch, draft_channels, 1, H, W).
+        Raises `ValueError` when this SigVQ has no draft patches.
+        """
+        if not self.config.draft_channels:
+            raise ValueError("this SigVQ has no draft patches (draft_channels is 0)")
+        token_grids = token_grids.to(self.device)
+        batch, height, width = token_grids.shape
+        channels, patch = self.config.draft_channels, self.config.draft_patch
+        patches = self.draft_latent_patches[token_grids]  # (batch, h, w, C, P, P)
+        draft = patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height * patch, width * patch)
+        if tuple(draft.shape[-2:]) != tuple(latent_size):
+            draft = nn.functional.interpolate(draft, size=tuple(latent_size), mode="nearest")
+        return draft.unsqueeze(2)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids: (batch, seq) int64 -> features (batch, seq, inner_dim)."""
@@ -103,10 +147,20 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         """
         return self(token_grids.to(self.device))
 
-    def condition(self, token_grids: torch.Tensor, cells: bool = False) -> DecoderCondition:
+    def condition(
+        self, token_grids: torch.Tensor, cells: bool = False, latent_size: tuple[int, int] | None = None
+    ) -> DecoderCondition:
         """The decoder transformer's condition for token grids (batch, h, w) int64: `encode_grids`
-        as the caption sequence, and with `cells` also `encode_cells` (see `reads_cell_features`)."""
-        return DecoderCondition(self.encode_grids(token_grids), self.encode_cells(token_grids) if cells else None)
+        as the caption sequence, with `cells` also `encode_cells` (see `reads_cell_features`), and
+        the `draft_latents` at `latent_size` (H, W) when this SigVQ has draft patches (then
+        `latent_size` is required)."""
+        draft = None
+        if self.config.draft_channels:
+            if latent_size is None:
+                raise ValueError("latent_size is required: this SigVQ tiles draft latents beside the noisy latents")
+            draft = self.draft_latents(token_grids, latent_size)
+        cell_features = self.encode_cells(token_grids) if cells else None
+        return DecoderCondition(self.encode_grids(token_grids), cell_features, draft)
 
 
 def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -137,7 +191,10 @@ def sigvq_from_state_dict(state: dict[str, torch.Tensor]) -> SigVQEmbedding:
     vocab_size, inner_dim = state["prior_token_embedding.weight"].shape
     grid_rows = state.get("grid_row_embedding.weight")
     grid_position_size = int(grid_rows.shape[0]) if grid_rows is not None else 0
+    draft = state.get("draft_latent_patches")
+    draft_channels, draft_patch = (int(draft.shape[1]), int(draft.shape[2])) if draft is not None else (0, 0)
     with torch.device("meta"):
-        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim, grid_position_size=grid_position_size)
+        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim, grid_position_size=grid_position_size,
+                               draft_channels=draft_channels, draft_patch=draft_patch)
     load_state_dict_strict(model, state)
     return model.eval()

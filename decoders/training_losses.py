@@ -86,7 +86,9 @@ def flow_matching_loss(
     data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator).to(device)
     sigvq_trains = any(p.requires_grad for p in decoder_parts.sigvq.parameters())
     with torch.set_grad_enabled(sigvq_trains and torch.is_grad_enabled()):
-        condition = decoder_parts.sigvq.condition(batch["token_grids"], cells=reads_cell_features(transformer)).to(device)
+        condition = decoder_parts.sigvq.condition(
+            batch["token_grids"], cells=reads_cell_features(transformer), latent_size=tuple(data.shape[-2:])
+        ).to(device)
     count = data.shape[0]
     rng_device = generator.device if generator is not None else "cpu"
     keep = torch.rand(count, generator=generator, device=rng_device).to(device) >= condition_dropout

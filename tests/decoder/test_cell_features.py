@@ -1,5 +1,5 @@
 """Cell features: a decoder transformer built with `siglip_feat_dim` reads each grid cell's SigVQ
-features at that cell's 2-D position (diffusers' omni path), next to the official caption sequence."""
+features through diffusers' omni path, next to the official caption sequence."""
 
 import copy
 
@@ -87,3 +87,16 @@ def test_preset_cell_width_must_match_sigvq(tmp_path):
     path.write_text(yaml.safe_dump(preset))
     with pytest.raises(ValueError, match="siglip_feat_dim"):
         load_decoder_preset(path)
+
+
+def test_omni_path_spreads_cell_positions_over_latent_pixels(spatial_decoder):
+    # diffusers 0.42 scales the cells' rotary positions to the latent size in pixels, while image tokens sit
+    # at patch indices: with patch 2 on 8 x 8 latents the 2 x 2 cells land on rows 0 and 7, the tokens on 0..3.
+    # (docs/model-card.md: why the cell-feature decoder trial did not learn to read its cells.)
+    transformer = spatial_decoder.transformer
+    out = transformer.patchify_and_embed_omni(
+        [[torch.randn(16, 1, 8, 8)]], [[torch.randn(16, 32)]], [[torch.randn(2, 2, 32)]], 2, 1, [[1]]
+    )
+    image_positions, cell_positions = out[4][0], out[6][0]
+    assert image_positions[:, 1].max() == 3
+    assert sorted(set(cell_positions[:, 1].tolist())) == [0, 7]

@@ -30,12 +30,14 @@ NUM_PER_TYPE = 4
 # on fresh, answer-heavy samples, 2026-12-02; merged background codes, adaptive text-to-image schedule with
 # guidance 2): understanding 0.68 / 0.46, turbo soft 0.60 / 0.64 with the prompted background in every image
 # and 2.0 / 1.0 extra objects, normal soft 0.57 / 0.67, editing 0.18 / 0.07 (in distribution / held out);
-# strict, multi-reference and interleaved are 0 (docs/model-card.md), so they have no floor yet.
+# strict, multi-reference and interleaved are 0 (docs/model-card.md), so they have no floor yet. With the draft
+# decoder (2026-12-02): turbo soft 0.50 / 0.72 (1.75 / 1.25 extra objects), normal soft 0.60 / 0.69, editing
+# 0.14 / 0.11; the four text-to-image prompts a split make the turbo figure noisy (30 a type: 0.64 / 0.59).
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.55,
-        "text_to_image_turbo_soft": 0.5,
-        "text_to_image_normal_soft": 0.45,
+        "text_to_image_turbo_soft": 0.45,
+        "text_to_image_normal_soft": 0.5,
         "editing_accuracy": 0.1,
     },
     "held_out": {

@@ -175,3 +175,25 @@ def test_backbone_text_loss_weight_reaches_the_loss(tmp_path):
     for bad in (0, -1.0, "2", True):
         with pytest.raises(ConfigError, match="text_loss_weight"):
             BackboneStage(_backbone_recipe(tmp_path, text_loss_weight=bad))
+
+
+@pytest.mark.parametrize("shift", [0, -1.0, True, "6", 1000])
+def test_decoder_time_shift_must_be_a_positive_number(tmp_path, shift):
+    with pytest.raises(ConfigError, match="time_shift"):
+        DecoderFlowStage(_recipe("decoder_flow", tmp_path, time_shift=shift))
+
+
+def test_decoder_time_shift_reaches_the_flow_loss(tmp_path, monkeypatch):
+    import unimask.decoders.training_losses as losses
+
+    seen = {}
+
+    def fake_loss(model, batch, condition_dropout, time_shift):
+        seen["time_shift"] = time_shift
+        return torch.zeros(()), {}
+
+    monkeypatch.setattr(losses, "flow_matching_loss", fake_loss)
+    DecoderFlowStage(_recipe("decoder_flow", tmp_path, time_shift=1)).loss(None, {})
+    assert seen == {"time_shift": 1.0}
+    DecoderFlowStage(_recipe("decoder_flow", tmp_path)).loss(None, {})
+    assert seen == {"time_shift": 6.0}

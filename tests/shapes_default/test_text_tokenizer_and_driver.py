@@ -78,6 +78,8 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     assert (paths.shards("backbone-understanding-merged") / ".done").is_file()
     # ... and then on the fresh, answer-heavy samples, which is what the pipeline ships.
     assert (paths.shards("backbone-answers") / ".done").is_file()
+    # The decoders are the draft decoder, continued from decoder_flow with the draft input.
+    assert pipe.decoder.sigvq.config.draft_channels == 8 and pipe.decoder.transformer.config.in_channels == 16
     shipped_backbone = pipe.backbone.state_dict()
     continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_answers")).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

@@ -21,6 +21,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     decoder_distill  turbo decoder            (configs/shapes/decoder-distill.yaml)      } parallel
     vae_decoder      VAE decoder side, encoder frozen (configs/shapes/vae-decoder.yaml) }
     tokenizer_merge  one code per background colour (background_codes) -> <root>/shapes/tokenizer-merged
+    decoder_data     new scenes coded by it                   -> <root>/shards/coded-merged
+    decoder_draft    the flow decoder continued with a draft input (configs/shapes/decoder-draft-flow.yaml)
     merged_backbone_data  the backbone_data samples coded again by it -> <root>/shards/backbone-merged, ...
     backbone_merged  the backbone continued on them (configs/shapes/backbone-merged.yaml)
     answer_data      fresh samples coded by it, 2 in 3 questions -> <root>/shards/answers, answers-tasks, backbone-answers
@@ -49,8 +51,8 @@ RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
-    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge",
-    "merged_backbone_data", "backbone_merged", "answer_data", "backbone_answers", "assemble",
+    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
+    "decoder_draft", "merged_backbone_data", "backbone_merged", "answer_data", "backbone_answers", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -60,13 +62,14 @@ RECIPES = {
     "backbone_merged": "backbone-merged.yaml",
     "backbone_answers": "backbone-answers.yaml",
     "decoder_flow": "decoder-flow.yaml",
+    "decoder_draft": "decoder-draft-flow.yaml",
     "decoder_distill": "decoder-distill.yaml",
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
-          "answers": (60000, 32), "answers-tasks": (30000, 64)}
+          "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -79,9 +82,12 @@ TAIL_EOS = 16
 # student does not keep what the codes say: on the true code grids of 24 scenes the shipped recipe's
 # student read back the right background in 0.38 of them with 6.4 objects too many an image, against
 # 1.00 and 0.04 for its flow teacher on the same 8-step turbo schedule (2026-11-25; the v2 and v3
-# trials' students collapsed too, docs/model-card.md). So the turbo decoder is the flow transformer on
-# the turbo schedule; the decoder_distill stage still trains the student, for comparison.
-TURBO_TRANSFORMER_STAGE = "decoder_flow"
+# trials' students collapsed too, docs/model-card.md). So the turbo decoder is a flow transformer on
+# the turbo schedule, now decoder_draft's (the flow decoder continued with a draft input and trained at the
+# turbo grid's noise levels); the decoder_distill stage still trains the student, for comparison.
+TURBO_TRANSFORMER_STAGE = "decoder_draft"
+# The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft decoder").
+NORMAL_TRANSFORMER_STAGE = "decoder_draft"
 GENERATION_DEFAULTS = {
     "common": {"block_length": 1024, "threshold": 0.9, "temperature": 0.0, "decoder": "turbo",
                "resolution_multiplier": 1, "image_size": "shapes_world", "image_grid": [8, 8],
@@ -338,6 +344,11 @@ def _stage_answer_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-answers", {"answers": 31, "answers-tasks": 32})
 
 
+def _stage_decoder_data(paths: BuildPaths) -> None:
+    # The decoder_draft stage's scenes, coded as the shipped pipeline codes images (merged tokenizer).
+    _coded_shard_set(paths, "coded-merged", seed=31, kind="captions", merged=True)
+
+
 def _stage_assemble(paths: BuildPaths) -> None:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
@@ -364,7 +375,7 @@ def _stage_assemble(paths: BuildPaths) -> None:
         )
 
     turbo = decoder(paths.export(TURBO_TRANSFORMER_STAGE) / "decoder", "turbo")
-    normal = decoder(paths.export("decoder_flow") / "decoder", "normal")
+    normal = decoder(paths.export(NORMAL_TRANSFORMER_STAGE) / "decoder", "normal")
     pipe = UniPipeline(backbone, text_tokenizer, _shapes_tokenizer(paths, merged=True), turbo, layout, GenerationDefaults(GENERATION_DEFAULTS))
     pipe._decoders["normal"] = normal  # saved as decoder-normal/ next to the turbo decoder
     pipe.save_pretrained(paths.out)
@@ -385,6 +396,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "coded_shards": _stage_coded_shards,
     "backbone_data": _stage_backbone_data,
     "tokenizer_merge": _stage_tokenizer_merge,
+    "decoder_data": _stage_decoder_data,
     "merged_backbone_data": _stage_merged_backbone_data,
     "answer_data": _stage_answer_data,
     "assemble": _stage_assemble,

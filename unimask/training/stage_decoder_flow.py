@@ -9,7 +9,11 @@ SigVQ and the VAE stay frozen; the transformer trains (with the SigVQ grid posit
 preset's), ``variant`` ("normal" | "turbo", the scheduler written with the export), ``init_vae``
 (a trained VAE folder, e.g. the ``vae`` stage's ``export/vae``; default: the preset's random VAE),
 ``init`` (a decoder folder with ``transformer/`` and ``sigvq/``, e.g. an earlier export's ``decoder``,
-to continue from; default: random weights).
+to continue from; default: random weights), ``time_shift`` (the shift of the training data times,
+default the reference's 6: most samples at high noise, as the normal sampler's shifted grid visits
+them; 1 samples data times uniformly, as the turbo sampler's unshifted grid does). A preset with draft patches (``sigvq.draft_channels``) may
+continue a decoder without them: the new input channels start at zero weight, so training starts from
+exactly the earlier decoder's predictions.
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from unimask.config import ConfigError
+from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
 from unimask.training.stages import Stage
 
 __all__ = ["DecoderParts", "DecoderFlowStage", "decoder_pixel_batch"]
@@ -40,9 +45,9 @@ class DecoderParts(nn.Module):
         self.sigvq, self.transformer, self.vae = sigvq, transformer, vae
         for name in ("sigvq", "transformer", "vae"):
             getattr(self, name).requires_grad_(name in trainable)
-        if "transformer" in trainable and hasattr(sigvq, "grid_position_parameters"):
-            # grid positions (small presets only) are learned with the transformer that reads them
-            for parameter in sigvq.grid_position_parameters():
+        if "transformer" in trainable and hasattr(sigvq, "trained_with_transformer"):
+            # grid positions and draft patches (small presets only) are learned with the transformer that reads them
+            for parameter in sigvq.trained_with_transformer():
                 parameter.requires_grad_(True)
 
 
@@ -75,12 +80,32 @@ def decoder_pixel_batch(samples: list[dict[str, Any]], multiplier: int, need_cod
     return batch
 
 
+def _load_init_part(module: nn.Module, folder: Path, part: str) -> None:
+    """Load an earlier decoder's ``part`` strictly, except what a preset with draft patches adds: the
+    transformer's draft input channels start at zero (``widen_state_for_draft``) and the SigVQ's
+    ``draft_latent_patches`` keep their fresh values when the earlier decoder had none."""
+    from unimask.checkpoint_files import load_safetensors, load_state_dict_strict
+    from unimask.decoders.draft_widening import widen_state_for_draft
+    from unimask.unimodal.checkpoint_layout import checkpoint_files
+
+    state: dict[str, torch.Tensor] = {}
+    for file in checkpoint_files(folder):
+        state.update(load_safetensors(file))
+    expected = module.state_dict()
+    if part == "transformer":
+        state = widen_state_for_draft(state, expected)
+    elif "draft_latent_patches" in expected and "draft_latent_patches" not in state:
+        state["draft_latent_patches"] = expected["draft_latent_patches"].clone()
+    load_state_dict_strict(module, state)
+
+
 class DecoderFlowStage(Stage):
     """Velocity-matching loss (``unimask.decoders.training_losses.flow_matching_loss``)."""
 
     name = "decoder_flow"
     trainable: tuple[str, ...] = ("transformer",)
-    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None, "init": None}
+    option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None,
+                                       "init": None, "time_shift": REFERENCE_TIME_SHIFT}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -99,6 +124,9 @@ class DecoderFlowStage(Stage):
             raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage {self.name!r}; allowed: {sorted(self.option_defaults)}")
         self.options = {**self.option_defaults, **options}
         self.multiplier = int(self.options["resolution_multiplier"] or self.preset.get("resolution_multiplier", 1))
+        shift = self.options["time_shift"]
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift <= 100:
+            raise ConfigError(f"stage_options.time_shift must be a number in (0, 100], got {shift!r}")
         init_vae = self.options.get("init_vae")
         if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
             raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
@@ -119,11 +147,9 @@ class DecoderFlowStage(Stage):
 
             vae = AutoencoderKL.from_pretrained(self.options["init_vae"])
         if self.options.get("init") is not None:
-            from unimask.checkpoint_files import load_folder_weights_strict
-
             for part in ("transformer", "sigvq"):
                 try:
-                    load_folder_weights_strict(getattr(decoder, part), Path(self.options["init"]) / part)
+                    _load_init_part(getattr(decoder, part), Path(self.options["init"]) / part, part)
                 except ValueError as err:
                     raise ConfigError(f"stage_options.init={self.options['init']!r}: {part} does not fit model.preset: {err}") from None
         return DecoderParts(decoder.sigvq, decoder.transformer, vae, self.trainable)
@@ -137,7 +163,8 @@ class DecoderFlowStage(Stage):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         from unimask.decoders.training_losses import flow_matching_loss
 
-        return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"])
+        return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"],
+                                  time_shift=float(self.options["time_shift"]))
 
     def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
         count = int(batch["pixel_values"].shape[0])
