@@ -124,7 +124,7 @@ class DecoderFlowStage(Stage):
             raise ConfigError(f"stage_options: unknown key(s) {unknown} for stage {self.name!r}; allowed: {sorted(self.option_defaults)}")
         self.options = {**self.option_defaults, **options}
         self.multiplier = int(self.options["resolution_multiplier"] or self.preset.get("resolution_multiplier", 1))
-        shift = self.options["time_shift"]
+        shift = self.options.get("time_shift", REFERENCE_TIME_SHIFT)  # decoder_distill has no such option
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift <= 100:
             raise ConfigError(f"stage_options.time_shift must be a number in (0, 100], got {shift!r}")
         init_vae = self.options.get("init_vae")
