@@ -241,7 +241,7 @@ class SemanticImageDecoder(DiffusionPipeline):
         (official: (16, 1, 2 * H / 16, 2 * W / 16))."""
         out_h, out_w = self.output_size(height, width, resolution_multiplier)
         factor = vae_downsampling_factor(self.vae)
-        channels = self.transformer.config.in_channels - self.sigvq.config.get("draft_channels", 0)
+        channels = self.transformer.config.in_channels - self.sigvq.config.draft_channels
         shape = (batch, channels, 1, out_h // factor, out_w // factor)
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["read_json_object", "load_safetensors", "load_state_dict_strict", "load_folder_weights_strict"]
+__all__ = ["read_json_object", "load_safetensors", "load_state_dict_strict", "load_folder_weights",
+           "load_folder_weights_strict"]
 
 
 def read_json_object(path: str | Path) -> dict:
@@ -77,6 +78,21 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     model.load_state_dict(state, strict=True, assign=True)
 
 
+def load_folder_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors weights of ``folder`` (one file, indexed shards or every
+    ``*.safetensors``; ``checkpoint_files``) as one name -> tensor dict.
+
+    Raises:
+        ValueError: no safetensors file in ``folder``, or an unreadable file.
+    """
+    from unimask.unimodal.checkpoint_layout import checkpoint_files
+
+    state: dict[str, torch.Tensor] = {}
+    for file in checkpoint_files(folder):
+        state.update(load_safetensors(file))
+    return state
+
+
 def load_folder_weights_strict(model: nn.Module, folder: str | Path) -> None:
     """Load the safetensors weights of ``folder`` (one file, indexed shards or every ``*.safetensors``;
     ``checkpoint_files``) into ``model``, exactly.
@@ -88,9 +104,4 @@ def load_folder_weights_strict(model: nn.Module, folder: str | Path) -> None:
         ValueError: no safetensors file in ``folder``, an unreadable file, or (from
             ``load_state_dict_strict``) missing / unexpected keys or a shape mismatch.
     """
-    from unimask.unimodal.checkpoint_layout import checkpoint_files
-
-    state: dict[str, torch.Tensor] = {}
-    for file in checkpoint_files(folder):
-        state.update(load_safetensors(file))
-    load_state_dict_strict(model, state)
+    load_state_dict_strict(model, load_folder_weights(folder))

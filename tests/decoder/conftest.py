@@ -41,3 +41,13 @@ def seeded(*seeds):
 @pytest.fixture
 def make_generators():
     return seeded
+
+
+def random_grids(batch=2, height=2, width=2, seed=0):
+    """(batch, height, width) int64 token grids over the tiny vocabulary, drawn from `seed`."""
+    return torch.randint(0, TINY_VOCAB, (batch, height, width), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def make_grids():
+    return random_grids

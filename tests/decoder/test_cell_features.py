@@ -24,32 +24,28 @@ def spatial_decoder():
     return build_decoder(spatial_preset(), variant="normal", seed=3)
 
 
-def grids(batch=2, height=2, width=2, seed=0):
-    return torch.randint(0, 64, (batch, height, width), generator=torch.Generator().manual_seed(seed))
-
-
 def test_only_transformers_built_with_siglip_feat_dim_read_cells(spatial_decoder):
     assert reads_cell_features(spatial_decoder.transformer)
     assert not reads_cell_features(build_decoder("tiny", seed=3).transformer)
 
 
-def test_condition_holds_cells_of_the_grid_shape(spatial_decoder):
-    condition = spatial_decoder.sigvq.condition(grids(2, 2, 3), cells=True)
+def test_condition_holds_cells_of_the_grid_shape(spatial_decoder, make_grids):
+    condition = spatial_decoder.sigvq.condition(make_grids(2, 2, 3), cells=True)
     assert condition.sequence.shape == (2, 4 * 6, 32)
     assert condition.cells.shape == (2, 2, 3, 32)
-    assert spatial_decoder.sigvq.condition(grids(), cells=False).cells is None
+    assert spatial_decoder.sigvq.condition(make_grids(), cells=False).cells is None
 
 
-def test_a_cell_reading_transformer_refuses_a_bare_sequence(spatial_decoder):
-    features = spatial_decoder.sigvq.encode_grids(grids())
+def test_a_cell_reading_transformer_refuses_a_bare_sequence(spatial_decoder, make_grids):
+    features = spatial_decoder.sigvq.encode_grids(make_grids())
     with pytest.raises(ValueError, match="cell features"):
         predict_velocity(spatial_decoder.transformer, torch.randn(2, 16, 1, 4, 4), torch.rand(2), features)
 
 
-def test_cells_change_the_velocity_and_guidance_zeroes_them(spatial_decoder):
+def test_cells_change_the_velocity_and_guidance_zeroes_them(spatial_decoder, make_grids):
     transformer = spatial_decoder.transformer
     latents, time = torch.randn(2, 16, 1, 4, 4), torch.full((2,), 0.5)
-    condition = spatial_decoder.sigvq.condition(grids(), cells=True)
+    condition = spatial_decoder.sigvq.condition(make_grids(), cells=True)
     other_cells = DecoderCondition(condition.sequence, condition.cells.flip(1))
     with torch.no_grad():
         cond = predict_velocity(transformer, latents, time, condition)
@@ -62,20 +58,20 @@ def test_cells_change_the_velocity_and_guidance_zeroes_them(spatial_decoder):
     torch.testing.assert_close(guided, expected * scale.view(2, 1, 1, 1, 1), atol=1e-5, rtol=1e-4)
 
 
-def test_flow_matching_trains_the_cell_embedder(spatial_decoder):
-    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": grids()}
+def test_flow_matching_trains_the_cell_embedder(spatial_decoder, make_grids):
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": make_grids()}
     loss, _ = flow_matching_loss(spatial_decoder, batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert spatial_decoder.transformer.siglip_embedder[1].weight.grad.abs().sum() > 0
 
 
-def test_saved_cell_reading_decoder_decodes_the_same(spatial_decoder, tmp_path):
+def test_saved_cell_reading_decoder_decodes_the_same(spatial_decoder, tmp_path, make_grids):
     spatial_decoder.save_pretrained(tmp_path)
     loaded = SemanticImageDecoder.from_pretrained(tmp_path)
     assert reads_cell_features(loaded.transformer)
     common = {"num_inference_steps": 3, "output_type": "pt", "resolution_multiplier": 2}
-    first = spatial_decoder(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
-    again = loaded(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    first = spatial_decoder(make_grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    again = loaded(make_grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
     assert first.shape == (1, 3, 32, 64)
     torch.testing.assert_close(first, again)
 

@@ -33,10 +33,6 @@ def draft_decoder():
     return build_decoder(draft_preset(), variant="normal", seed=3)
 
 
-def grids(batch=2, height=2, width=2, seed=0):
-    return torch.randint(0, 64, (batch, height, width), generator=torch.Generator().manual_seed(seed))
-
-
 def test_draft_places_each_codes_patch_in_its_cell():
     sigvq = SigVQEmbedding(vocab_size=8, inner_dim=4, draft_channels=3, draft_patch=2)
     token_grids = torch.tensor([[[1, 5, 2], [7, 0, 3]]])
@@ -67,10 +63,10 @@ def test_state_dict_round_trip_keeps_the_draft():
     torch.testing.assert_close(loaded.draft_latent_patches, sigvq.draft_latent_patches)
 
 
-def test_velocity_reads_the_draft_and_guidance_zeroes_it(draft_decoder):
+def test_velocity_reads_the_draft_and_guidance_zeroes_it(draft_decoder, make_grids):
     transformer = draft_decoder.transformer
     latents, time = torch.randn(2, 16, 1, 4, 4), torch.full((2,), 0.5)
-    condition = draft_decoder.sigvq.condition(grids(), latent_size=(4, 4))
+    condition = draft_decoder.sigvq.condition(make_grids(), latent_size=(4, 4))
     assert condition.draft.shape == (2, DRAFT_CHANNELS, 1, 4, 4)
     with torch.no_grad():
         transformer.all_x_embedder["2-1"].weight.normal_()  # make sure the draft columns are not ~0
@@ -87,40 +83,40 @@ def test_velocity_reads_the_draft_and_guidance_zeroes_it(draft_decoder):
     torch.testing.assert_close(guided, expected * scale.view(2, 1, 1, 1, 1), atol=1e-5, rtol=1e-4)
 
 
-def test_a_draft_reading_transformer_refuses_a_condition_without_draft(draft_decoder):
-    condition = build_decoder("tiny", seed=3).sigvq.condition(grids())
+def test_a_draft_reading_transformer_refuses_a_condition_without_draft(draft_decoder, make_grids):
+    condition = build_decoder("tiny", seed=3).sigvq.condition(make_grids())
     with pytest.raises(ValueError, match="input channels"):
         predict_velocity(draft_decoder.transformer, torch.randn(2, 16, 1, 4, 4), torch.rand(2), condition)
 
 
-def test_flow_matching_trains_the_draft_patches(draft_decoder):
+def test_flow_matching_trains_the_draft_patches(draft_decoder, make_grids):
     draft_decoder.sigvq.draft_latent_patches.requires_grad_(True)
     with torch.no_grad():
         draft_decoder.transformer.all_x_embedder["2-1"].weight.normal_()
-    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": grids()}
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": make_grids()}
     loss, _ = flow_matching_loss(draft_decoder, batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert draft_decoder.sigvq.draft_latent_patches.grad.abs().sum() > 0
 
 
-def test_saved_draft_decoder_decodes_the_same(draft_decoder, tmp_path):
+def test_saved_draft_decoder_decodes_the_same(draft_decoder, tmp_path, make_grids):
     draft_decoder.save_pretrained(tmp_path)
     loaded = SemanticImageDecoder.from_pretrained(tmp_path)
     assert loaded.sigvq.config.draft_channels == DRAFT_CHANNELS
     common = {"num_inference_steps": 3, "output_type": "pt", "resolution_multiplier": 2, "guidance_scale": 1.0}
-    first = draft_decoder(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
-    again = loaded(grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    first = draft_decoder(make_grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
+    again = loaded(make_grids(1, 1, 2), generator=torch.Generator().manual_seed(0), **common).images
     assert first.shape == (1, 3, 32, 64)
     torch.testing.assert_close(first, again)
 
 
-def test_widened_state_predicts_what_the_draft_less_decoder_did():
+def test_widened_state_predicts_what_the_draft_less_decoder_did(make_grids):
     plain = build_decoder("tiny", variant="normal", seed=5)
     widened = build_decoder(draft_preset(), variant="normal", seed=6)
     state = widen_state_for_draft(plain.transformer.state_dict(), widened.transformer.state_dict())
     widened.transformer.load_state_dict(state)
     latents, time = torch.randn(2, 16, 1, 4, 4), torch.rand(2)
-    token_grids = grids()
+    token_grids = make_grids()
     with torch.no_grad():
         before = predict_velocity(plain.transformer, latents, time, plain.sigvq.condition(token_grids))
         condition = plain.sigvq.condition(token_grids)

@@ -11,9 +11,9 @@ preset's), ``variant`` ("normal" | "turbo", the scheduler written with the expor
 ``init`` (a decoder folder with ``transformer/`` and ``sigvq/``, e.g. an earlier export's ``decoder``,
 to continue from; default: random weights), ``time_shift`` (the shift of the training data times,
 default the reference's 6: most samples at high noise, as the normal sampler's shifted grid visits
-them; 1 samples data times uniformly, as the turbo sampler's unshifted grid does). A preset with draft patches (``sigvq.draft_channels``) may
-continue a decoder without them: the new input channels start at zero weight, so training starts from
-exactly the earlier decoder's predictions.
+them; 1 samples data times uniformly, as the turbo sampler's unshifted grid does). A preset with
+draft patches (``sigvq.draft_channels``) may continue a decoder without them: the new input channels
+start at zero weight, so training starts from exactly the earlier decoder's predictions.
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -84,13 +84,10 @@ def _load_init_part(module: nn.Module, folder: Path, part: str) -> None:
     """Load an earlier decoder's ``part`` strictly, except what a preset with draft patches adds: the
     transformer's draft input channels start at zero (``widen_state_for_draft``) and the SigVQ's
     ``draft_latent_patches`` keep their fresh values when the earlier decoder had none."""
-    from unimask.checkpoint_files import load_safetensors, load_state_dict_strict
+    from unimask.checkpoint_files import load_folder_weights, load_state_dict_strict
     from unimask.decoders.draft_widening import widen_state_for_draft
-    from unimask.unimodal.checkpoint_layout import checkpoint_files
 
-    state: dict[str, torch.Tensor] = {}
-    for file in checkpoint_files(folder):
-        state.update(load_safetensors(file))
+    state = load_folder_weights(folder)
     expected = module.state_dict()
     if part == "transformer":
         state = widen_state_for_draft(state, expected)
