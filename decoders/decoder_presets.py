@@ -44,6 +44,9 @@ def load_decoder_preset(name_or_path: str | Path) -> dict:
     draft_channels = preset["sigvq"].get("draft_channels", 0)
     if preset["vae"]["latent_channels"] + draft_channels != preset["transformer"]["in_channels"]:
         raise ValueError(f"{path}: transformer.in_channels must equal vae.latent_channels plus sigvq.draft_channels")
+    if preset["sigvq"].get("draft_layers") and draft_channels != preset["vae"]["latent_channels"]:
+        raise ValueError(f"{path}: a draft network (sigvq.draft_layers) regresses the latents, so sigvq.draft_channels "
+                         "must equal vae.latent_channels")
     return preset
 
 

@@ -85,18 +85,25 @@ def run_flow_sampler(
     num_inference_steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
+    start_data_time: float = 0.0,
 ) -> torch.Tensor:
     """Integrate from noise to data with the reference schedule of `scheduler`'s kind.
 
     velocity_fn(latents, data_time) -> velocity x_data - noise, with latents (batch, ...) and
-    data_time (batch,) float; latents: initial noise (batch, ...) float32. callback(step,
-    data_time, latents) runs after every step. Returns the final latents (batch, ...) float32.
+    data_time (batch,) float; latents: initial noise (batch, ...) float32, or with `start_data_time`
+    t0 > 0 a sample already at t0 (e.g. a draft noised to it): then only the schedule's steps at data
+    times >= t0 run (none when t0 is past the last one, which returns `latents` unchanged).
+    callback(step, data_time, latents) runs after every step. Returns the final latents (batch, ...) float32.
     """
     stochastic = scheduler.config.stochastic_sampling
     scheduler.set_timesteps(sigmas=reference_sigmas(num_inference_steps, stochastic), device=latents.device)
-    scheduler.set_begin_index(0)
+    data_times = 1.0 - scheduler.sigmas[:-1]
+    begin = int((data_times < start_data_time - 1e-6).sum())  # the grid rises, so this is the first step >= t0
+    if begin >= len(scheduler.timesteps):
+        return latents
+    scheduler.set_begin_index(begin)
     batch = latents.shape[0]
-    for index, timestep in enumerate(scheduler.timesteps):
+    for index, timestep in enumerate(scheduler.timesteps[begin:], start=begin):
         data_time = (1.0 - scheduler.sigmas[index]).expand(batch)
         velocity = velocity_fn(latents, data_time)
         # The scheduler integrates in noise level sigma = 1 - t, so it takes -v.

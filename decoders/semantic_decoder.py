@@ -109,6 +109,19 @@ def prepare_token_grids(
     return grids
 
 
+def _read_json_config(path: Path) -> dict | None:
+    """A saved component's config.json as a dict, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return config
+
+
 class SemanticImageDecoder(DiffusionPipeline):
     """Decodes grids of semantic image tokens to images.
 
@@ -116,6 +129,11 @@ class SemanticImageDecoder(DiffusionPipeline):
     `vae` (`AutoencoderKL`), `scheduler` (`FlowMatchEulerDiscreteScheduler`, see
     `unimask.decoders.flow_schedule`). Models stay loaded between calls; `offload()` moves them to
     the CPU, `enable_model_cpu_offload()` (diffusers) moves each to the accelerator only while used.
+
+    `draft_strength` (default for calls, saved in `model_index.json`): 1.0 samples from pure noise (the
+    reference); below 1, with a SigVQ draft network, sampling starts from the network's draft noised to
+    data time 1 - strength and runs only the schedule's steps from there (as diffusers' img2img
+    `strength`); 0 decodes the draft itself without the transformer.
     """
 
     model_cpu_offload_seq = "sigvq->transformer->vae"
@@ -127,12 +145,21 @@ class SemanticImageDecoder(DiffusionPipeline):
         vae: AutoencoderKL,
         scheduler: FlowMatchEulerDiscreteScheduler,
         decoder_variant: str = "turbo",
+        draft_strength: float = 1.0,
     ):
         super().__init__()
         if decoder_variant not in VARIANT_DEFAULTS:
             raise ValueError(f"decoder_variant must be 'normal' or 'turbo', got {decoder_variant!r}")
         self.register_modules(sigvq=sigvq, transformer=transformer, vae=vae, scheduler=scheduler)
-        self.register_to_config(decoder_variant=decoder_variant)
+        self._check_draft_strength(draft_strength)
+        self.register_to_config(decoder_variant=decoder_variant, draft_strength=float(draft_strength))
+
+    def _check_draft_strength(self, draft_strength) -> None:
+        if isinstance(draft_strength, bool) or not isinstance(draft_strength, (int, float)) or not 0.0 <= draft_strength <= 1.0:
+            raise ValueError(f"draft_strength must be a number in [0, 1], got {draft_strength!r}")
+        if draft_strength < 1.0 and not getattr(self.sigvq, "has_draft_network", False):
+            raise ValueError(f"draft_strength {draft_strength} < 1 starts from the SigVQ's draft network, which this "
+                             "decoder does not have; use 1.0 (sample from noise)")
 
     # ---------------------------------------------------------------- loading and saving
     @classmethod
@@ -159,8 +186,9 @@ class SemanticImageDecoder(DiffusionPipeline):
                 raise ValueError(f"{root / 'model_index.json'} is not a valid JSON object: {error}") from error
             if variant is not None and variant != saved_variant:
                 raise ValueError(f"{root} holds the {saved_variant!r} decoder, not {variant!r}")
+            draft_strength = json.loads((root / "model_index.json").read_text()).get("draft_strength", 1.0)
             sigvq_path = root / "sigvq" / "diffusion_pytorch_model.safetensors"
-            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path))
+            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path), _read_json_config(root / "sigvq" / "config.json"))
             transformer = load_transformer(root / "transformer", torch_dtype)
             scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
             variant = saved_variant
@@ -175,12 +203,14 @@ class SemanticImageDecoder(DiffusionPipeline):
             folder = root / ("decoder-turbo" if variant == "turbo" else "decoder")
             transformer = load_official_transformer(folder, sigvq.config.inner_dim, torch_dtype)
             scheduler = make_decoder_scheduler(variant)
+            draft_strength = 1.0
         else:
             raise ValueError(f"{root} is neither an official checkpoint root nor a saved SemanticImageDecoder")
         vae = load_vae(root / "vae", torch_dtype)
         if torch_dtype is not None:
             sigvq = sigvq.to(torch_dtype)
-        return cls(sigvq=sigvq, transformer=transformer, vae=vae, scheduler=scheduler, decoder_variant=variant)
+        return cls(sigvq=sigvq, transformer=transformer, vae=vae, scheduler=scheduler, decoder_variant=variant,
+                   draft_strength=draft_strength)
 
     def offload(self) -> "SemanticImageDecoder":
         """Move every model to the CPU (to free accelerator memory while idle); returns self."""
@@ -191,6 +221,16 @@ class SemanticImageDecoder(DiffusionPipeline):
     def defaults(self) -> tuple[int, float]:
         """(num_inference_steps, guidance_scale) of this decoder's variant."""
         return VARIANT_DEFAULTS[self.config.decoder_variant]
+
+    def transformer_steps(self, num_inference_steps: int, draft_strength: float | None = None) -> int:
+        """How many sampler steps evaluate the transformer (each once, twice with guidance) for a call
+        with these arguments: the schedule's points at data times >= 1 - draft_strength (n - 1 of an
+        n-point ODE grid, n of the re-noising one, fewer when starting from the draft)."""
+        strength = self.config.draft_strength if draft_strength is None else draft_strength
+        shift = float(self.scheduler.config.shift)
+        reference = reference_sigmas(num_inference_steps, self.scheduler.config.stochastic_sampling)
+        sigmas = [shift * s / (1.0 + (shift - 1.0) * s) for s in reference]  # as the scheduler shifts them
+        return sum(1.0 - sigma >= (1.0 - strength) - 1e-6 for sigma in sigmas)
 
     @property
     def max_grid_side(self) -> int | None:
@@ -245,18 +285,21 @@ class SemanticImageDecoder(DiffusionPipeline):
         shape = (batch, channels, 1, out_h // factor, out_w // factor)
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 
-    def _decode_group(self, grids, steps, guidance_scale, generator, resolution_multiplier, callback):
+    def _decode_group(self, grids, steps, guidance_scale, generator, resolution_multiplier, callback, draft_strength):
         device = self._execution_device
         batch, height, width = grids.shape
         latents = self.prepare_latents(batch, height, width, resolution_multiplier, generator, device)
         condition = self.sigvq.condition(
             grids.to(device), cells=reads_cell_features(self.transformer), latent_size=tuple(latents.shape[-2:])
         )
+        start = 1.0 - draft_strength
+        if start > 0:
+            latents = start * condition.draft.to(latents.dtype) + (1.0 - start) * latents
 
         def velocity_fn(noisy: torch.Tensor, data_time: torch.Tensor) -> torch.Tensor:
             return predict_velocity(self.transformer, noisy, data_time, condition, guidance_scale)
 
-        latents = run_flow_sampler(self.scheduler, velocity_fn, latents, steps, generator, callback)
+        latents = run_flow_sampler(self.scheduler, velocity_fn, latents, steps, generator, callback, start_data_time=start)
         return decode_latents(self.vae, latents)
 
     @torch.no_grad()
@@ -270,6 +313,7 @@ class SemanticImageDecoder(DiffusionPipeline):
         output_type: str = "pil",
         callback: Callable[[int, float, torch.Tensor], None] | None = None,
         grid_sizes: Sequence[tuple[int, int]] | None = None,
+        draft_strength: float | None = None,
     ) -> DecoderOutput:
         """Decode token grids to images of size (h * 16 * m, w * 16 * m), m = resolution_multiplier.
 
@@ -280,6 +324,8 @@ class SemanticImageDecoder(DiffusionPipeline):
         generator: one generator, or one per grid (then a batch decodes exactly like one grid at a
         time with the same generators). callback(step, data_time, latents) runs after each step
         (steps restart at 0 for each group of equal-size grids).
+        draft_strength: None -> this decoder's default (see the class); below 1 only the schedule's steps
+        from data time 1 - draft_strength run, starting from the draft.
         Limits (`ValueError` past them): num_inference_steps <= 1000, resolution_multiplier in [1, 8],
         each decoded side <= 8192 px, guidance_scale finite and >= 0.
         """
@@ -287,6 +333,8 @@ class SemanticImageDecoder(DiffusionPipeline):
         steps = default_steps if num_inference_steps is None else num_inference_steps
         guidance = default_guidance if guidance_scale is None else guidance_scale
         self.check_inputs(steps, guidance, resolution_multiplier, output_type)
+        draft_strength = self.config.draft_strength if draft_strength is None else draft_strength
+        self._check_draft_strength(draft_strength)
         grids = prepare_token_grids(token_grids, grid_sizes, self.sigvq.config.vocab_size)
         for index, grid in enumerate(grids):
             out_h, out_w = self.output_size(grid.shape[0], grid.shape[1], resolution_multiplier)
@@ -305,7 +353,8 @@ class SemanticImageDecoder(DiffusionPipeline):
         for indices in groups.values():
             group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
             stacked = torch.stack([grids[i] for i in indices])
-            decoded = self._decode_group(stacked, steps, guidance, group_generator, resolution_multiplier, callback)
+            decoded = self._decode_group(stacked, steps, guidance, group_generator, resolution_multiplier, callback,
+                                         float(draft_strength))
             for position, index in enumerate(indices):
                 images[index] = decoded[position].cpu()
         self.maybe_free_model_hooks()

@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from unimask.checkpoint_files import load_safetensors, load_state_dict_strict
+from unimask.decoders.draft_network import DraftNetwork
 from unimask.decoders.velocity import DecoderCondition
 
 # The token grid is upsampled this much (nearest) before embedding: one feature per latent patch
@@ -52,6 +53,10 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
             tiles a grid's patches into a draft image at latent resolution, which a transformer built with
             `draft_channels` more input channels than the VAE latents reads next to the noisy latents, so
             every latent patch sees its own code in place (see `unimask.decoders.velocity`).
+        draft_layers, draft_width: 0 (default) or a `DraftNetwork` (`draft_network`) of that many residual
+            3 x 3 blocks of that width, which writes the draft from each code and its neighbours in place of
+            the per-code patches; it is trained by regression to the clean latents (`draft_loss`), so its
+            draft is an estimate of the image itself.
     """
 
     @register_to_config
@@ -62,6 +67,8 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         grid_position_size: int = 0,
         draft_channels: int = 0,
         draft_patch: int = 0,
+        draft_layers: int = 0,
+        draft_width: int = 0,
     ):
         super().__init__()
         self.prior_token_embedding = nn.Embedding(vocab_size, inner_dim)
@@ -80,7 +87,13 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"draft_channels ({draft_channels}) and draft_patch ({draft_patch}) must both be 0 or both be > 0"
             )
-        if draft_channels:
+        if (draft_layers or draft_width) and not (draft_channels and draft_layers > 0 and draft_width > 0):
+            raise ValueError(
+                f"draft_layers ({draft_layers}) and draft_width ({draft_width}) must both be > 0, with draft_channels > 0"
+            )
+        if draft_layers:
+            self.draft_network = DraftNetwork(vocab_size, draft_width, draft_layers, draft_channels, draft_patch)
+        elif draft_channels:
             # random, not zero: the transformer's draft input weights start at zero when it continues an
             # earlier decoder, and two zero factors would never receive a gradient
             self.draft_latent_patches = nn.Parameter(torch.randn(vocab_size, draft_channels, draft_patch, draft_patch) * 0.5)
@@ -95,11 +108,23 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
     def trained_with_transformer(self) -> list[nn.Parameter]:
         """Parameters learned together with the transformer that reads them: grid positions and
         draft patches (empty for the official layout)."""
-        draft = [self.draft_latent_patches] if self.config.draft_channels else []
-        return self.grid_position_parameters() + draft
+        return self.grid_position_parameters() + self.draft_parameters()
+
+    def draft_parameters(self) -> list[nn.Parameter]:
+        """The parameters that write the draft: the draft network's or the per-code patches (empty
+        without a draft)."""
+        if self.config.draft_layers:
+            return list(self.draft_network.parameters())
+        return [self.draft_latent_patches] if self.config.draft_channels else []
+
+    @property
+    def has_draft_network(self) -> bool:
+        """True when the draft comes from a `DraftNetwork` trained to regress the clean latents."""
+        return bool(self.config.draft_layers)
 
     def draft_latents(self, token_grids: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-        """The draft image of token grids: each code's learned latent patch in its cell.
+        """The draft image of token grids: each code's learned latent patch in its cell, or the
+        `DraftNetwork`'s estimate of the latents when this SigVQ has one.
 
         token_grids: (batch, h, w) int64; latent_size: (H, W) of the latents it sits beside (patches
         are resized nearest when H != h * draft_patch). Returns (batch, draft_channels, 1, H, W).
@@ -110,8 +135,11 @@ class SigVQEmbedding(ModelMixin, ConfigMixin):
         token_grids = token_grids.to(self.device)
         batch, height, width = token_grids.shape
         channels, patch = self.config.draft_channels, self.config.draft_patch
-        patches = self.draft_latent_patches[token_grids]  # (batch, h, w, C, P, P)
-        draft = patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height * patch, width * patch)
+        if self.config.draft_layers:
+            draft = self.draft_network(token_grids)
+        else:
+            patches = self.draft_latent_patches[token_grids]  # (batch, h, w, C, P, P)
+            draft = patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height * patch, width * patch)
         if tuple(draft.shape[-2:]) != tuple(latent_size):
             draft = nn.functional.interpolate(draft, size=tuple(latent_size), mode="nearest")
         return draft.unsqueeze(2)
@@ -183,18 +211,24 @@ def load_sigvq_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def sigvq_from_state_dict(state: dict[str, torch.Tensor]) -> SigVQEmbedding:
+def sigvq_from_state_dict(state: dict[str, torch.Tensor], config: dict | None = None) -> SigVQEmbedding:
     """Build a `SigVQEmbedding` sized from `state` and load it strictly (unexpected or missing
-    keys raise `ValueError`)."""
+    keys raise `ValueError`). A draft network's sizes cannot all be read off its weights, so a state
+    with `draft_network.*` needs `config` (the saved `config.json`), which gives its draft settings."""
     if "prior_token_embedding.weight" not in state:
         raise ValueError(f"state has no 'prior_token_embedding.weight'; keys: {sorted(state)[:8]}")
     vocab_size, inner_dim = state["prior_token_embedding.weight"].shape
     grid_rows = state.get("grid_row_embedding.weight")
     grid_position_size = int(grid_rows.shape[0]) if grid_rows is not None else 0
     draft = state.get("draft_latent_patches")
-    draft_channels, draft_patch = (int(draft.shape[1]), int(draft.shape[2])) if draft is not None else (0, 0)
+    sizes = {"draft_channels": int(draft.shape[1]), "draft_patch": int(draft.shape[2])} if draft is not None else {}
+    if any(name.startswith("draft_network.") for name in state):
+        keys = ("draft_channels", "draft_patch", "draft_layers", "draft_width")
+        if config is None or not all(isinstance(config.get(key), int) for key in keys):
+            raise ValueError(f"these SigVQ weights hold a draft network; its sizes {list(keys)} must come from the "
+                             "saved sigvq/config.json")
+        sizes = {key: config[key] for key in keys}
     with torch.device("meta"):
-        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim, grid_position_size=grid_position_size,
-                               draft_channels=draft_channels, draft_patch=draft_patch)
+        model = SigVQEmbedding(vocab_size=vocab_size, inner_dim=inner_dim, grid_position_size=grid_position_size, **sizes)
     load_state_dict_strict(model, state)
     return model.eval()

@@ -7,7 +7,8 @@ Batch keys (all stages):
 
 `decoder_parts` is anything with `sigvq`, `transformer` and `vae` attributes (a
 `SemanticImageDecoder`). SigVQ and VAE stay frozen in flow matching; only the transformer gets
-gradients. `vae_loss` trains the VAE itself (reconstruction + KL, no perceptual term).
+gradients (and a SigVQ draft network, through its own regression loss `draft_loss`). `vae_loss`
+trains the VAE itself (reconstruction + KL, no perceptual term).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
 from unimask.decoders.vae_latents import encode_pixels, vae_downsampling_factor
-from unimask.decoders.velocity import predict_velocity, reads_cell_features
+from unimask.decoders.velocity import DecoderCondition, predict_velocity, reads_cell_features
 
 TOKEN_PIXELS = 16
 
@@ -71,12 +72,15 @@ def flow_matching_loss(
     generator: torch.Generator | None = None,
     condition_dropout: float = 0.1,
     time_shift: float = REFERENCE_TIME_SHIFT,
+    draft_loss_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Velocity-matching loss on the linear path x_t = t * x_data + (1 - t) * noise.
 
     The transformer predicts v = x_data - noise from (x_t, t, SigVQ features); a
     `condition_dropout` fraction of samples sees all-zero features, which is what guidance
-    compares against. Returns (scalar loss with grad into the transformer, metrics).
+    compares against. A SigVQ with a draft network (`has_draft_network`) adds `draft_loss_weight`
+    times the draft's regression loss (`draft_loss`); the transformer reads the draft detached, so
+    the draft stays an estimate of the latents. Returns (scalar loss with grad into the transformer, metrics).
     """
     check_decoder_batch(batch, decoder_parts)
     if not 0.0 <= condition_dropout < 1.0:
@@ -89,6 +93,11 @@ def flow_matching_loss(
         condition = decoder_parts.sigvq.condition(
             batch["token_grids"], cells=reads_cell_features(transformer), latent_size=tuple(data.shape[-2:])
         ).to(device)
+    draft_term, metrics = None, {}
+    if getattr(decoder_parts.sigvq, "has_draft_network", False):
+        draft_term = _draft_regression(condition.draft, data)
+        metrics["draft_loss"] = float(draft_term.detach())
+        condition = DecoderCondition(condition.sequence, condition.cells, condition.draft.detach())
     count = data.shape[0]
     rng_device = generator.device if generator is not None else "cpu"
     keep = torch.rand(count, generator=generator, device=rng_device).to(device) >= condition_dropout
@@ -99,7 +108,33 @@ def flow_matching_loss(
     noisy = t * data + (1.0 - t) * noise
     predicted = predict_velocity(transformer, noisy, data_time, condition)
     loss = F.mse_loss(predicted, data - noise)
-    return loss, {"flow_matching_loss": float(loss.detach()), "condition_kept": float(keep.float().mean())}
+    metrics.update(flow_matching_loss=float(loss.detach()), condition_kept=float(keep.float().mean()))
+    if draft_term is not None and draft_loss_weight > 0:
+        loss = loss + draft_loss_weight * draft_term
+    return loss, metrics
+
+
+def draft_loss(decoder_parts, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Regression of the SigVQ draft network's latents to the clean VAE latents of the batch images
+    (mean squared error); the transformer is not run. Returns (scalar loss, metrics).
+
+    Raises:
+        ValueError: the SigVQ has no draft network.
+    """
+    check_decoder_batch(batch, decoder_parts)
+    if not getattr(decoder_parts.sigvq, "has_draft_network", False):
+        raise ValueError("draft_loss needs a SigVQ with a draft network (draft_layers > 0)")
+    data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator)
+    draft = decoder_parts.sigvq.draft_latents(batch["token_grids"], tuple(data.shape[-2:]))
+    loss = _draft_regression(draft, data.to(draft.device))
+    return loss, {"draft_loss": float(loss.detach())}
+
+
+def _draft_regression(draft: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    if draft.shape != data.shape:
+        raise ValueError(f"the draft network writes {tuple(draft.shape)} for latents of {tuple(data.shape)}; "
+                         "sigvq.draft_channels must equal the VAE's latent channels")
+    return F.mse_loss(draft.float(), data.float())
 
 
 def vae_loss(

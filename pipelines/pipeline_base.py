@@ -376,6 +376,7 @@ class UniPipelineBase(DiffusionPipeline):
             vae=self.decoder.vae,
             scheduler=loaded.scheduler,
             decoder_variant=variant,
+            draft_strength=loaded.config.draft_strength,
         )
         self._decoders[variant] = shared
         return shared
@@ -411,8 +412,10 @@ class UniPipelineBase(DiffusionPipeline):
         steps = decoder_options.get("decoder_steps") or decoder.defaults[0]
         guidance = decoder_options.get("decoder_guidance_scale")
         guided = (decoder.defaults[1] if guidance is None else guidance) > 0
-        details = {"variant": decoder.config.decoder_variant, "images": len(grids), "steps": steps}
-        stats.add("decoder", steps * (2 if guided else 1), time.perf_counter() - started, details)
+        passes = decoder.transformer_steps(steps)
+        details = {"variant": decoder.config.decoder_variant, "images": len(grids), "steps": steps,
+                   "transformer_steps": passes}
+        stats.add("decoder", passes * (2 if guided else 1), time.perf_counter() - started, details)
         return split_image_batch(images)
 
     def decode_text(self, ids: list[int]) -> str:

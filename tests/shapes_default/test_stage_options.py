@@ -188,7 +188,7 @@ def test_decoder_time_shift_reaches_the_flow_loss(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_loss(model, batch, condition_dropout, time_shift):
+    def fake_loss(model, batch, condition_dropout, time_shift, draft_loss_weight):
         seen["time_shift"] = time_shift
         return torch.zeros(()), {}
 

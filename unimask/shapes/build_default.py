@@ -23,10 +23,14 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     tokenizer_merge  one code per background colour (background_codes) -> <root>/shapes/tokenizer-merged
     decoder_data     new scenes coded by it                   -> <root>/shards/coded-merged
     decoder_draft    the flow decoder continued with a draft input (configs/shapes/decoder-draft-flow.yaml)
+    decoder_draftnet_regress  a draft network regressing the latents from the codes (configs/shapes/decoder-draftnet-regress.yaml)
+    decoder_draftnet the draft decoder continued on that network's draft (configs/shapes/decoder-draftnet-flow.yaml)
     merged_backbone_data  the backbone_data samples coded again by it -> <root>/shards/backbone-merged, ...
     backbone_merged  the backbone continued on them (configs/shapes/backbone-merged.yaml)
     answer_data      fresh samples coded by it, 2 in 3 questions -> <root>/shards/answers, answers-tasks, backbone-answers
     backbone_answers the backbone continued on them (configs/shapes/backbone-answers.yaml)
+    answer7_data     another fresh set the same way          -> <root>/shards/answers7, answers7-tasks, backbone-answers7
+    backbone_answers7 the backbone continued on it (configs/shapes/backbone-answers7.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -52,7 +56,8 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
-    "decoder_draft", "merged_backbone_data", "backbone_merged", "answer_data", "backbone_answers", "assemble",
+    "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
+    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -61,15 +66,19 @@ RECIPES = {
     "backbone": "backbone.yaml",
     "backbone_merged": "backbone-merged.yaml",
     "backbone_answers": "backbone-answers.yaml",
+    "backbone_answers7": "backbone-answers7.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_draft": "decoder-draft-flow.yaml",
+    "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
+    "decoder_draftnet": "decoder-draftnet-flow.yaml",
     "decoder_distill": "decoder-distill.yaml",
     "vae_decoder": "vae-decoder.yaml",
 }
 # Sample counts (full, quick) of the data stages.
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
-          "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64)}
+          "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
+          "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -83,11 +92,18 @@ TAIL_EOS = 16
 # student read back the right background in 0.38 of them with 6.4 objects too many an image, against
 # 1.00 and 0.04 for its flow teacher on the same 8-step turbo schedule (2026-11-25; the v2 and v3
 # trials' students collapsed too, docs/model-card.md). So the turbo decoder is a flow transformer on
-# the turbo schedule, now decoder_draft's (the flow decoder continued with a draft input and trained at the
-# turbo grid's noise levels); the decoder_distill stage still trains the student, for comparison.
-TURBO_TRANSFORMER_STAGE = "decoder_draft"
-# The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft decoder").
-NORMAL_TRANSFORMER_STAGE = "decoder_draft"
+# the turbo schedule, now decoder_draftnet's (the flow decoder continued with a draft input, trained at the
+# turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
+# decoder_distill stage still trains the student, for comparison.
+TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
+# Which stage's backbone the pipeline ships (v7: v6 continued on another fresh, answer-heavy set).
+BACKBONE_STAGE = "backbone_answers7"
+# The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
+NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
+# The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):
+# sampling from noise lost exact scenes the draft had (true grids: 0.50 from noise, 0.71-0.73 from the draft).
+# The normal decoder keeps the reference sampler from noise.
+TURBO_DRAFT_STRENGTH = 0.25
 GENERATION_DEFAULTS = {
     "common": {"block_length": 1024, "threshold": 0.9, "temperature": 0.0, "decoder": "turbo",
                "resolution_multiplier": 1, "image_size": "shapes_world", "image_grid": [8, 8],
@@ -344,6 +360,13 @@ def _stage_answer_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-answers", {"answers": 31, "answers-tasks": 32})
 
 
+def _stage_answer7_data(paths: BuildPaths) -> None:
+    # Another fresh set like answer_data's (new seeds), for a further continuation.
+    _coded_shard_set(paths, "answers7", seed=41, kind="tasks", merged=True, tasks=["understanding"])
+    _coded_shard_set(paths, "answers7-tasks", seed=42, kind="tasks", merged=True)
+    _write_backbone_shards(paths, "backbone-answers7", {"answers7": 51, "answers7-tasks": 52})
+
+
 def _stage_decoder_data(paths: BuildPaths) -> None:
     # The decoder_draft stage's scenes, coded as the shipped pipeline codes images (merged tokenizer).
     _coded_shard_set(paths, "coded-merged", seed=31, kind="captions", merged=True)
@@ -360,21 +383,22 @@ def _stage_assemble(paths: BuildPaths) -> None:
     from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
     layout, text_tokenizer, _ = shapes_layout_and_builder(paths)
-    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_answers")).eval()
+    backbone = LLaDA2MoeModelLM.from_pretrained(paths.export(BACKBONE_STAGE)).eval()
 
     # The decoder-side VAE fine-tune keeps the encoder, so the transformers' latents stay valid.
     sharpened_vae = paths.export("vae_decoder") / "vae"
 
-    def decoder(folder: Path, variant: str) -> SemanticImageDecoder:
+    def decoder(folder: Path, variant: str, draft_strength: float = 1.0) -> SemanticImageDecoder:
         return SemanticImageDecoder(
             sigvq=SigVQEmbedding.from_pretrained(folder / "sigvq"),
             transformer=ZImageTransformer2DModel.from_pretrained(folder / "transformer"),
             vae=AutoencoderKL.from_pretrained(sharpened_vae if sharpened_vae.is_dir() else folder / "vae"),
             scheduler=make_decoder_scheduler(variant),
             decoder_variant=variant,
+            draft_strength=draft_strength,
         )
 
-    turbo = decoder(paths.export(TURBO_TRANSFORMER_STAGE) / "decoder", "turbo")
+    turbo = decoder(paths.export(TURBO_TRANSFORMER_STAGE) / "decoder", "turbo", TURBO_DRAFT_STRENGTH)
     normal = decoder(paths.export(NORMAL_TRANSFORMER_STAGE) / "decoder", "normal")
     pipe = UniPipeline(backbone, text_tokenizer, _shapes_tokenizer(paths, merged=True), turbo, layout, GenerationDefaults(GENERATION_DEFAULTS))
     pipe._decoders["normal"] = normal  # saved as decoder-normal/ next to the turbo decoder
@@ -399,6 +423,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "decoder_data": _stage_decoder_data,
     "merged_backbone_data": _stage_merged_backbone_data,
     "answer_data": _stage_answer_data,
+    "answer7_data": _stage_answer7_data,
     "assemble": _stage_assemble,
 }
 

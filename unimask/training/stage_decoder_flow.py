@@ -13,7 +13,10 @@ to continue from; default: random weights), ``time_shift`` (the shift of the tra
 default the reference's 6: most samples at high noise, as the normal sampler's shifted grid visits
 them; 1 samples data times uniformly, as the turbo sampler's unshifted grid does). A preset with
 draft patches (``sigvq.draft_channels``) may continue a decoder without them: the new input channels
-start at zero weight, so training starts from exactly the earlier decoder's predictions.
+start at zero weight, so training starts from exactly the earlier decoder's predictions. A preset
+with a draft network (``sigvq.draft_layers``) trains it by regression to the clean latents beside
+the flow loss, weighted ``draft_loss_weight`` (default 1.0); ``draft_only: true`` trains that network
+alone (the transformer is neither run nor changed), which is far cheaper a step.
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -81,9 +84,11 @@ def decoder_pixel_batch(samples: list[dict[str, Any]], multiplier: int, need_cod
 
 
 def _load_init_part(module: nn.Module, folder: Path, part: str) -> None:
-    """Load an earlier decoder's ``part`` strictly, except what a preset with draft patches adds: the
-    transformer's draft input channels start at zero (``widen_state_for_draft``) and the SigVQ's
-    ``draft_latent_patches`` keep their fresh values when the earlier decoder had none."""
+    """Load an earlier decoder's ``part`` strictly, except for the draft: the transformer's draft input
+    channels start at zero when the earlier one had none (``widen_state_for_draft``), the SigVQ's draft
+    weights (``draft_latent_patches``, ``draft_network.*``) keep their fresh values when the earlier
+    decoder had none, and per-code draft patches are dropped when the preset writes its draft with a
+    draft network instead."""
     from unimask.checkpoint_files import load_folder_weights, load_state_dict_strict
     from unimask.decoders.draft_widening import widen_state_for_draft
 
@@ -91,8 +96,11 @@ def _load_init_part(module: nn.Module, folder: Path, part: str) -> None:
     expected = module.state_dict()
     if part == "transformer":
         state = widen_state_for_draft(state, expected)
-    elif "draft_latent_patches" in expected and "draft_latent_patches" not in state:
-        state["draft_latent_patches"] = expected["draft_latent_patches"].clone()
+    else:
+        for name in expected:
+            if name.startswith("draft_") and name not in state:
+                state[name] = expected[name].clone()
+        state = {name: tensor for name, tensor in state.items() if name in expected or not name.startswith("draft_")}
     load_state_dict_strict(module, state)
 
 
@@ -102,7 +110,8 @@ class DecoderFlowStage(Stage):
     name = "decoder_flow"
     trainable: tuple[str, ...] = ("transformer",)
     option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None,
-                                       "init": None, "time_shift": REFERENCE_TIME_SHIFT}
+                                       "init": None, "time_shift": REFERENCE_TIME_SHIFT, "draft_loss_weight": 1.0,
+                                       "draft_only": False}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -124,6 +133,14 @@ class DecoderFlowStage(Stage):
         shift = self.options.get("time_shift", REFERENCE_TIME_SHIFT)  # decoder_distill has no such option
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift <= 100:
             raise ConfigError(f"stage_options.time_shift must be a number in (0, 100], got {shift!r}")
+        weight = self.options.get("draft_loss_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
+            raise ConfigError(f"stage_options.draft_loss_weight must be a number in [0, 100], got {weight!r}")
+        draft_only = self.options.get("draft_only", False)
+        if not isinstance(draft_only, bool):
+            raise ConfigError(f"stage_options.draft_only must be true or false, got {draft_only!r}")
+        if draft_only and not self.preset.get("sigvq", {}).get("draft_layers"):
+            raise ConfigError("stage_options.draft_only needs a preset whose sigvq has a draft network (draft_layers > 0)")
         init_vae = self.options.get("init_vae")
         if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
             raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
@@ -149,6 +166,11 @@ class DecoderFlowStage(Stage):
                     _load_init_part(getattr(decoder, part), Path(self.options["init"]) / part, part)
                 except ValueError as err:
                     raise ConfigError(f"stage_options.init={self.options['init']!r}: {part} does not fit model.preset: {err}") from None
+        if self.options.get("draft_only"):
+            parts = DecoderParts(decoder.sigvq, decoder.transformer, vae, trainable=())
+            for parameter in decoder.sigvq.draft_parameters():
+                parameter.requires_grad_(True)
+            return parts
         return DecoderParts(decoder.sigvq, decoder.transformer, vae, self.trainable)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
@@ -158,10 +180,13 @@ class DecoderFlowStage(Stage):
         return decoder_pixel_batch(samples, self.multiplier)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from unimask.decoders.training_losses import flow_matching_loss
+        from unimask.decoders.training_losses import draft_loss, flow_matching_loss
 
+        if self.options.get("draft_only"):
+            return draft_loss(model, batch)
         return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"],
-                                  time_shift=float(self.options["time_shift"]))
+                                  time_shift=float(self.options["time_shift"]),
+                                  draft_loss_weight=float(self.options.get("draft_loss_weight", 1.0)))
 
     def batch_counts(self, batch: dict[str, Any]) -> dict[str, int]:
         count = int(batch["pixel_values"].shape[0])
