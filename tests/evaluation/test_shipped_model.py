@@ -110,3 +110,13 @@ def test_shipped_turbo_decoder_keeps_the_prompted_background(results, split):
     turbo = results["text_to_image"]["turbo"][split]
     assert turbo["background"] >= MIN_TURBO_BACKGROUND, turbo
     assert turbo["extra_objects"] <= MAX_TURBO_EXTRA_OBJECTS, turbo
+
+
+def test_decoder_draws_true_code_grids(shipped):
+    from unimask.shapes.decoder_check import true_grid_scores
+
+    # 2026-12-03: strict 0.63 / soft 0.94 on 300 scenes (0.68 from the draft alone, 0.45 sampling from noise)
+    scores = true_grid_scores(shipped, count=32)
+    assert scores["count"] == 32 and scores["strict"] >= 0.45 and scores["soft"] >= 0.85
+    with pytest.raises(ValueError, match="count"):
+        true_grid_scores(shipped, count=0)
