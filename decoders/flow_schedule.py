@@ -78,6 +78,22 @@ def reference_data_times(num_inference_steps: int, stochastic: bool) -> np.ndarr
     return shift_data_time(np.linspace(0.0, 1.0, num_inference_steps))
 
 
+def _first_step_at(scheduler: FlowMatchEulerDiscreteScheduler, start_data_time: float) -> int:
+    """Index of the first step of `scheduler`'s current grid at data time >= start_data_time (the grid
+    rises, so the steps before it are exactly those below); len(timesteps) when none is."""
+    data_times = 1.0 - scheduler.sigmas[:-1]
+    return int((data_times < start_data_time - 1e-6).sum())
+
+
+def sampler_steps_from(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, start_data_time: float = 0.0) -> int:
+    """How many steps `run_flow_sampler` runs (each one velocity evaluation) for this step count and
+    start: the grid points of `scheduler`'s kind, as it shifts them, at data times >= start_data_time.
+    `scheduler` itself is left untouched (the grid is set on a copy of its config)."""
+    grid = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    grid.set_timesteps(sigmas=reference_sigmas(num_inference_steps, grid.config.stochastic_sampling))
+    return len(grid.timesteps) - _first_step_at(grid, start_data_time)
+
+
 def run_flow_sampler(
     scheduler: FlowMatchEulerDiscreteScheduler,
     velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -97,8 +113,7 @@ def run_flow_sampler(
     """
     stochastic = scheduler.config.stochastic_sampling
     scheduler.set_timesteps(sigmas=reference_sigmas(num_inference_steps, stochastic), device=latents.device)
-    data_times = 1.0 - scheduler.sigmas[:-1]
-    begin = int((data_times < start_data_time - 1e-6).sum())  # the grid rises, so this is the first step >= t0
+    begin = _first_step_at(scheduler, start_data_time)
     if begin >= len(scheduler.timesteps):
         return latents
     scheduler.set_begin_index(begin)

@@ -7,7 +7,6 @@ Euler ODE with norm-clipped guidance) and "turbo" (distilled, 8 re-noising steps
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +19,14 @@ from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from unimask.checkpoint_files import read_json_object
 from unimask.decoders.flow_schedule import (
     NORMAL_STEPS,
     TURBO_STEPS,
     make_decoder_scheduler,
     reference_sigmas,
     run_flow_sampler,
+    sampler_steps_from,
 )
 from unimask.decoders.official_checkpoint import load_official_transformer, load_transformer, load_vae
 from unimask.decoders.sigvq import GRID_UPSAMPLE, SigVQEmbedding, load_sigvq_state_dict, sigvq_from_state_dict
@@ -109,19 +110,6 @@ def prepare_token_grids(
     return grids
 
 
-def _read_json_config(path: Path) -> dict | None:
-    """A saved component's config.json as a dict, or None when the file is absent."""
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return config
-
-
 class SemanticImageDecoder(DiffusionPipeline):
     """Decodes grids of semantic image tokens to images.
 
@@ -180,15 +168,14 @@ class SemanticImageDecoder(DiffusionPipeline):
         if variant not in (None, "turbo", "normal"):
             raise ValueError(f"variant must be 'turbo', 'normal' or None, got {variant!r}")
         if (root / "model_index.json").is_file():
-            try:
-                saved_variant = json.loads((root / "model_index.json").read_text()).get("decoder_variant", "turbo")
-            except (json.JSONDecodeError, AttributeError) as error:
-                raise ValueError(f"{root / 'model_index.json'} is not a valid JSON object: {error}") from error
+            index = read_json_object(root / "model_index.json")
+            saved_variant, draft_strength = index.get("decoder_variant", "turbo"), index.get("draft_strength", 1.0)
             if variant is not None and variant != saved_variant:
                 raise ValueError(f"{root} holds the {saved_variant!r} decoder, not {variant!r}")
-            draft_strength = json.loads((root / "model_index.json").read_text()).get("draft_strength", 1.0)
             sigvq_path = root / "sigvq" / "diffusion_pytorch_model.safetensors"
-            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path), _read_json_config(root / "sigvq" / "config.json"))
+            sigvq_config = root / "sigvq" / "config.json"
+            sigvq = sigvq_from_state_dict(load_sigvq_state_dict(sigvq_path),
+                                          read_json_object(sigvq_config) if sigvq_config.is_file() else None)
             transformer = load_transformer(root / "transformer", torch_dtype)
             scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
             variant = saved_variant
@@ -227,10 +214,7 @@ class SemanticImageDecoder(DiffusionPipeline):
         with these arguments: the schedule's points at data times >= 1 - draft_strength (n - 1 of an
         n-point ODE grid, n of the re-noising one, fewer when starting from the draft)."""
         strength = self.config.draft_strength if draft_strength is None else draft_strength
-        shift = float(self.scheduler.config.shift)
-        reference = reference_sigmas(num_inference_steps, self.scheduler.config.stochastic_sampling)
-        sigmas = [shift * s / (1.0 + (shift - 1.0) * s) for s in reference]  # as the scheduler shifts them
-        return sum(1.0 - sigma >= (1.0 - strength) - 1e-6 for sigma in sigmas)
+        return sampler_steps_from(self.scheduler, num_inference_steps, 1.0 - strength)
 
     @property
     def max_grid_side(self) -> int | None:

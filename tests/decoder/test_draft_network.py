@@ -92,7 +92,7 @@ def test_flow_loss_reads_the_draft_detached_and_adds_its_regression(network_deco
     loss, metrics = flow_matching_loss(network_decoder, batch, generator=generator, draft_loss_weight=weight)
     loss.backward()
     assert {"draft_loss", "flow_matching_loss"} <= set(metrics)
-    assert float(loss) == pytest.approx(metrics["flow_matching_loss"] + weight * metrics["draft_loss"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(metrics["flow_matching_loss"] + weight * metrics["draft_loss"], rel=1e-5)
     head_grad = network_decoder.sigvq.draft_network.head.weight.grad
     # weight 0: the flow term alone, which must not reach the draft network through the transformer
     assert (head_grad is not None and head_grad.abs().sum() > 0) == (weight > 0)
