@@ -31,6 +31,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_answers the backbone continued on them (configs/shapes/backbone-answers.yaml)
     answer7_data     another fresh set the same way          -> <root>/shards/answers7, answers7-tasks, backbone-answers7
     backbone_answers7 the backbone continued on it (configs/shapes/backbone-answers7.yaml)
+    generation8_data fresh samples weighted to editing and text-to-image -> <root>/shards/gen8-*, backbone-generation8
+    backbone_generation8 the backbone continued on them (configs/shapes/backbone-generation8.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -57,7 +59,7 @@ STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
     "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
-    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "assemble",
+    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "generation8_data", "backbone_generation8", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -67,6 +69,7 @@ RECIPES = {
     "backbone_merged": "backbone-merged.yaml",
     "backbone_answers": "backbone-answers.yaml",
     "backbone_answers7": "backbone-answers7.yaml",
+    "backbone_generation8": "backbone-generation8.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_draft": "decoder-draft-flow.yaml",
     "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
@@ -78,7 +81,8 @@ RECIPES = {
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
           "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
-          "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
+          "answers7": (40000, 32), "answers7-tasks": (24000, 64),
+          "gen8-understanding": (24000, 32), "gen8-editing": (24000, 32), "gen8-t2i": (16000, 32), "gen8-tasks": (16000, 64)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -96,8 +100,9 @@ TAIL_EOS = 16
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison.
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
-# Which stage's backbone the pipeline ships (v7: v6 continued on another fresh, answer-heavy set).
-BACKBONE_STAGE = "backbone_answers7"
+# Which stage's backbone the pipeline ships (v8: v7 continued on fresh samples weighted to editing and
+# text-to-image).
+BACKBONE_STAGE = "backbone_generation8"
 # The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):
@@ -367,6 +372,18 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-answers7", {"answers7": 51, "answers7-tasks": 52})
 
 
+def _stage_generation8_data(paths: BuildPaths) -> None:
+    # Fresh samples weighted to the image-writing tasks (v7 read about 5000 edits in all, and rewrote objects
+    # it should copy): editing with multi-reference, text-to-image, every task, and questions to keep answering.
+    _coded_shard_set(paths, "gen8-understanding", seed=61, kind="tasks", merged=True, tasks=["understanding"])
+    _coded_shard_set(paths, "gen8-editing", seed=62, kind="tasks", merged=True,
+                     tasks=["editing", "multi_reference_editing"])
+    _coded_shard_set(paths, "gen8-t2i", seed=63, kind="tasks", merged=True, tasks=["text_to_image"])
+    _coded_shard_set(paths, "gen8-tasks", seed=64, kind="tasks", merged=True)
+    _write_backbone_shards(paths, "backbone-generation8",
+                           {"gen8-understanding": 71, "gen8-editing": 72, "gen8-t2i": 73, "gen8-tasks": 74})
+
+
 def _stage_decoder_data(paths: BuildPaths) -> None:
     # The decoder_draft stage's scenes, coded as the shipped pipeline codes images (merged tokenizer).
     _coded_shard_set(paths, "coded-merged", seed=31, kind="captions", merged=True)
@@ -424,6 +441,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "merged_backbone_data": _stage_merged_backbone_data,
     "answer_data": _stage_answer_data,
     "answer7_data": _stage_answer7_data,
+    "generation8_data": _stage_generation8_data,
     "assemble": _stage_assemble,
 }
 
