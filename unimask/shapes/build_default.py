@@ -33,6 +33,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_answers7 the backbone continued on it (configs/shapes/backbone-answers7.yaml)
     generation8_data fresh samples weighted to editing and text-to-image -> <root>/shards/gen8-*, backbone-generation8
     backbone_generation8 the backbone continued on them (configs/shapes/backbone-generation8.yaml)
+    generation9_data another such set, fresh seeds              -> <root>/shards/gen9-*, backbone-generation9
+    backbone_generation9 the backbone continued on it (configs/shapes/backbone-generation9.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -59,7 +61,8 @@ STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
     "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
-    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "generation8_data", "backbone_generation8", "assemble",
+    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "generation8_data", "backbone_generation8",
+    "generation9_data", "backbone_generation9", "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -70,6 +73,7 @@ RECIPES = {
     "backbone_answers": "backbone-answers.yaml",
     "backbone_answers7": "backbone-answers7.yaml",
     "backbone_generation8": "backbone-generation8.yaml",
+    "backbone_generation9": "backbone-generation9.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_draft": "decoder-draft-flow.yaml",
     "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
@@ -82,7 +86,8 @@ COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64)
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
           "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
           "answers7": (40000, 32), "answers7-tasks": (24000, 64),
-          "gen8-understanding": (24000, 32), "gen8-editing": (24000, 32), "gen8-t2i": (16000, 32), "gen8-tasks": (16000, 64)}
+          "gen8-understanding": (24000, 32), "gen8-editing": (24000, 32), "gen8-t2i": (16000, 32), "gen8-tasks": (16000, 64),
+          "gen9-understanding": (24000, 32), "gen9-editing": (24000, 32), "gen9-t2i": (16000, 32), "gen9-tasks": (16000, 64)}
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -100,9 +105,9 @@ TAIL_EOS = 16
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison.
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
-# Which stage's backbone the pipeline ships (v8: v7 continued on fresh samples weighted to editing and
+# Which stage's backbone the pipeline ships (v9: v7 continued on two fresh sets weighted to editing and
 # text-to-image).
-BACKBONE_STAGE = "backbone_generation8"
+BACKBONE_STAGE = "backbone_generation9"
 # The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):
@@ -372,16 +377,30 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-answers7", {"answers7": 51, "answers7-tasks": 52})
 
 
-def _stage_generation8_data(paths: BuildPaths) -> None:
+# The parts of a set weighted to the image-writing tasks, and the tasks each samples (None: every task).
+GENERATION_PARTS = {"understanding": ["understanding"], "editing": ["editing", "multi_reference_editing"],
+                    "t2i": ["text_to_image"], "tasks": None}
+
+
+def _generation_data(paths: BuildPaths, version: int, seed: int) -> None:
     # Fresh samples weighted to the image-writing tasks (v7 read about 5000 edits in all, and rewrote objects
     # it should copy): editing with multi-reference, text-to-image, every task, and questions to keep answering.
-    _coded_shard_set(paths, "gen8-understanding", seed=61, kind="tasks", merged=True, tasks=["understanding"])
-    _coded_shard_set(paths, "gen8-editing", seed=62, kind="tasks", merged=True,
-                     tasks=["editing", "multi_reference_editing"])
-    _coded_shard_set(paths, "gen8-t2i", seed=63, kind="tasks", merged=True, tasks=["text_to_image"])
-    _coded_shard_set(paths, "gen8-tasks", seed=64, kind="tasks", merged=True)
-    _write_backbone_shards(paths, "backbone-generation8",
-                           {"gen8-understanding": 71, "gen8-editing": 72, "gen8-t2i": 73, "gen8-tasks": 74})
+    # Part i is drawn with seed + i and sampled into sequences with seed + 10 + i.
+    sampling_seeds = {}
+    for offset, (part, tasks) in enumerate(GENERATION_PARTS.items()):
+        name = f"gen{version}-{part}"
+        options = {} if tasks is None else {"tasks": tasks}
+        _coded_shard_set(paths, name, seed=seed + offset, kind="tasks", merged=True, **options)
+        sampling_seeds[name] = seed + 10 + offset
+    _write_backbone_shards(paths, f"backbone-generation{version}", sampling_seeds)
+
+
+def _stage_generation8_data(paths: BuildPaths) -> None:
+    _generation_data(paths, version=8, seed=61)
+
+
+def _stage_generation9_data(paths: BuildPaths) -> None:
+    _generation_data(paths, version=9, seed=81)
 
 
 def _stage_decoder_data(paths: BuildPaths) -> None:
@@ -442,6 +461,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "answer_data": _stage_answer_data,
     "answer7_data": _stage_answer7_data,
     "generation8_data": _stage_generation8_data,
+    "generation9_data": _stage_generation9_data,
     "assemble": _stage_assemble,
 }
 
