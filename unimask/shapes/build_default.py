@@ -85,9 +85,16 @@ RECIPES = {
 COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
           "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
-          "answers7": (40000, 32), "answers7-tasks": (24000, 64),
-          "gen8-understanding": (24000, 32), "gen8-editing": (24000, 32), "gen8-t2i": (16000, 32), "gen8-tasks": (16000, 64),
-          "gen9-understanding": (24000, 32), "gen9-editing": (24000, 32), "gen9-t2i": (16000, 32), "gen9-tasks": (16000, 64)}
+          "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
+# The parts of a set weighted to the image-writing tasks (generation<N>_data): the tasks each samples (None: every
+# task) and its sample counts; and each set's first seed (part i is drawn with seed + i, sequenced with seed + 10 + i).
+GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
+                    "editing": (["editing", "multi_reference_editing"], (24000, 32)),
+                    "t2i": (["text_to_image"], (16000, 32)),
+                    "tasks": (None, (16000, 64))}
+GENERATION_SEEDS = {8: 61, 9: 81}
+COUNTS.update({f"gen{version}-{part}": counts for version in GENERATION_SEEDS
+               for part, (_, counts) in GENERATION_PARTS.items()})
 # Below this held-out probe accuracy an attribute is reported as lost by the image tokenizer.
 PROBE_WARNING_ACCURACY = 0.9
 # Sequence options shared by the backbone data and the shipped generation defaults.
@@ -377,17 +384,12 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
     _write_backbone_shards(paths, "backbone-answers7", {"answers7": 51, "answers7-tasks": 52})
 
 
-# The parts of a set weighted to the image-writing tasks, and the tasks each samples (None: every task).
-GENERATION_PARTS = {"understanding": ["understanding"], "editing": ["editing", "multi_reference_editing"],
-                    "t2i": ["text_to_image"], "tasks": None}
-
-
-def _generation_data(paths: BuildPaths, version: int, seed: int) -> None:
+def _generation_data(paths: BuildPaths, version: int) -> None:
     # Fresh samples weighted to the image-writing tasks (v7 read about 5000 edits in all, and rewrote objects
     # it should copy): editing with multi-reference, text-to-image, every task, and questions to keep answering.
-    # Part i is drawn with seed + i and sampled into sequences with seed + 10 + i.
+    seed = GENERATION_SEEDS[version]
     sampling_seeds = {}
-    for offset, (part, tasks) in enumerate(GENERATION_PARTS.items()):
+    for offset, (part, (tasks, _)) in enumerate(GENERATION_PARTS.items()):
         name = f"gen{version}-{part}"
         options = {} if tasks is None else {"tasks": tasks}
         _coded_shard_set(paths, name, seed=seed + offset, kind="tasks", merged=True, **options)
@@ -396,11 +398,11 @@ def _generation_data(paths: BuildPaths, version: int, seed: int) -> None:
 
 
 def _stage_generation8_data(paths: BuildPaths) -> None:
-    _generation_data(paths, version=8, seed=61)
+    _generation_data(paths, version=8)
 
 
 def _stage_generation9_data(paths: BuildPaths) -> None:
-    _generation_data(paths, version=9, seed=81)
+    _generation_data(paths, version=9)
 
 
 def _stage_decoder_data(paths: BuildPaths) -> None:
