@@ -385,8 +385,8 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
 
 
 def _generation_data(paths: BuildPaths, version: int) -> None:
-    # Fresh samples weighted to the image-writing tasks (v7 read about 5000 edits in all, and rewrote objects
-    # it should copy): editing with multi-reference, text-to-image, every task, and questions to keep answering.
+    # Fresh samples weighted to the image-writing tasks (v7's edits rewrote objects they should copy): editing
+    # with multi-reference, text-to-image, every task, and questions to keep answering.
     seed = GENERATION_SEEDS[version]
     sampling_seeds = {}
     for offset, (part, (tasks, _)) in enumerate(GENERATION_PARTS.items()):
