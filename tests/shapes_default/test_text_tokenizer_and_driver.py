@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from unimask.shapes.build_default import ANSWER_LENGTH, RECIPES, STAGES, BuildPaths, recipe_path, run_stage
+from unimask.shapes.build_default import STAGE_FUNCTIONS, run_stage
+from unimask.shapes.build_plan import ANSWER_LENGTH, RECIPES, STAGES, BuildPaths, recipe_path
 from unimask.shapes.language import caption
 from unimask.shapes.scene import sample_scene
 from unimask.shapes.text_tokenizer_build import build_shapes_text_tokenizer, save_shapes_text_tokenizer
@@ -58,6 +59,12 @@ def test_unknown_stage_raises(tmp_path):
     assert STAGES[0] == "text_tokenizer" and STAGES[-1] == "assemble"
 
 
+def test_every_stage_has_one_runner():
+    # A stage trains its recipe or runs its function, never both, and the table lists no stage the order lacks.
+    assert not set(RECIPES) & set(STAGE_FUNCTIONS)
+    assert set(RECIPES) | set(STAGE_FUNCTIONS) == set(STAGES)
+
+
 @pytest.mark.slow
 def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     from unimask.pipelines.pipeline_uni import UniPipeline
@@ -76,16 +83,17 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     torch.testing.assert_close(shipped, SigLIPVQTokenizer.from_pretrained(paths.merged_tokenizer).vqmodel.quantize.embedding.weight)
     assert (paths.export("backbone_merged") / "model.safetensors").is_file()
     assert (paths.shards("backbone-understanding-merged") / ".done").is_file()
-    # ... then on two sets of fresh, answer-heavy samples and two weighted to the image-writing tasks; the last
+    # ... then on two sets of fresh, answer-heavy samples and three weighted to the image-writing tasks; the last
     # continuation is what the pipeline ships.
     assert (paths.shards("backbone-answers") / ".done").is_file()
     assert (paths.shards("backbone-answers7") / ".done").is_file()
     assert (paths.shards("backbone-generation8") / ".done").is_file()
     assert (paths.shards("backbone-generation9") / ".done").is_file()
+    assert (paths.shards("backbone-generation10") / ".done").is_file()
     # The decoders read a draft (continued from decoder_flow with the draft input), written by a draft network.
     assert pipe.decoder.sigvq.config.draft_channels == 8 and pipe.decoder.transformer.config.in_channels == 16
     assert pipe.decoder.sigvq.config.draft_layers == 4 and pipe.decoder.sigvq.has_draft_network
     assert pipe.decoder.config.draft_strength == 0.25
     shipped_backbone = pipe.backbone.state_dict()
-    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_generation9")).state_dict()
+    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_generation10")).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

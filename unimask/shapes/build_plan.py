@@ -1,0 +1,115 @@
+"""What the Shapes World build runs and where it writes: the stage order, the recipe of each training
+stage, the sample counts of the data stages, and :class:`BuildPaths`.
+
+``unimask.shapes.build_default`` runs the stages; ``unimask.shapes.build_data`` holds the data stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+import unimask.configs
+
+__all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "GENERATION_SEEDS", "ANSWER_LENGTH", "TAIL_EOS",
+           "BuildPaths", "recipe_path"]
+
+RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
+STAGES = (
+    "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
+    "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
+    "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
+    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "generation8_data", "backbone_generation8",
+    "generation9_data", "backbone_generation9", "generation10_data", "backbone_generation10", "assemble",
+)
+RECIPES = {
+    "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
+    "vae": "vae.yaml",
+    "tokenizer_vq": "tokenizer-vq.yaml",
+    "backbone": "backbone.yaml",
+    "backbone_merged": "backbone-merged.yaml",
+    "backbone_answers": "backbone-answers.yaml",
+    "backbone_answers7": "backbone-answers7.yaml",
+    "backbone_generation8": "backbone-generation8.yaml",
+    "backbone_generation9": "backbone-generation9.yaml",
+    "backbone_generation10": "backbone-generation10.yaml",
+    "decoder_flow": "decoder-flow.yaml",
+    "decoder_draft": "decoder-draft-flow.yaml",
+    "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
+    "decoder_draftnet": "decoder-draftnet-flow.yaml",
+    "decoder_distill": "decoder-distill.yaml",
+    "vae_decoder": "vae-decoder.yaml",
+}
+# Sample counts (full, quick) of the data stages.
+COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64), "tasks": (50000, 64),
+          "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
+          "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
+          "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
+# The parts of a set weighted to the image-writing tasks (generation<N>_data): the tasks each samples (None: every
+# task) and its sample counts; and each set's first seed (part i is drawn with seed + i, sequenced with seed + 10 + i).
+GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
+                    "editing": (["editing", "multi_reference_editing"], (24000, 32)),
+                    "t2i": (["text_to_image"], (16000, 32)),
+                    "tasks": (None, (16000, 64))}
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101}
+COUNTS.update({f"gen{version}-{part}": counts for version in GENERATION_SEEDS
+               for part, (_, counts) in GENERATION_PARTS.items()})
+# Sequence options shared by the backbone data and the shipped generation defaults.
+ANSWER_LENGTH = 32
+# End-of-sequence tokens after the last image of an interleaved training sequence (what a last text round sees).
+TAIL_EOS = 16
+
+
+class BuildPaths:
+    """Where one build writes: ``root`` (``runs`` or ``runs/quick``) and the final ``out`` folder."""
+
+    def __init__(self, root: str | Path = "runs", out: str | Path = DEFAULT_OUT, quick: bool = False):
+        self.root, self.out, self.quick = Path(root), Path(out), quick
+
+    def shards(self, name: str) -> Path:
+        """``<root>/shards/<name>``."""
+        return self.root / "shards" / name
+
+    @property
+    def text_tokenizer(self) -> Path:
+        """The trained text tokenizer folder."""
+        return self.root / "shapes" / "text_tokenizer"
+
+    @property
+    def merged_tokenizer(self) -> Path:
+        """The image tokenizer with one code per background colour (``tokenizer_merge``)."""
+        return self.root / "shapes" / "tokenizer-merged" / "image_tokenizer"
+
+    def export(self, stage: str) -> Path:
+        """``<root>/shapes/<recipe name>/export`` of a training stage."""
+        return self.root / "shapes" / RECIPES[stage].removesuffix(".yaml") / "export"
+
+    def count(self, name: str) -> int:
+        """Sample count of a data set (``COUNTS``), small in quick mode."""
+        return COUNTS[name][1 if self.quick else 0]
+
+
+def recipe_path(stage: str, paths: BuildPaths) -> Path:
+    """The recipe a training stage runs: ``configs/shapes/<name>``, rewritten for another root or quick mode."""
+    source = RECIPE_DIR / RECIPES[stage]
+    if paths.root == Path("runs") and not paths.quick:
+        return source
+    recipe = yaml.safe_load(source.read_text().replace("runs/", f"{paths.root.as_posix()}/"))
+    if paths.quick:
+        recipe.update(steps=2, micro_batch_size=min(recipe["micro_batch_size"], 4))
+        recipe["checkpoint"] = {"every": 1, "keep_last": 1}
+        recipe["schedule"] = {"kind": "constant"}
+        recipe["data"]["shuffle_buffer"] = 0
+        if "teacher_steps" in recipe.get("stage_options", {}):
+            recipe["stage_options"]["teacher_steps"] = 2
+        # Shipped stages continue earlier runs (configs/shapes/vae.yaml, decoder-flow.yaml); a smoke build starts fresh.
+        for key in ("init", "init_vae"):
+            init = recipe.get("stage_options", {}).get(key)
+            if init is not None and not Path(init).is_dir():
+                del recipe["stage_options"][key]
+    target = paths.root / "configs" / RECIPES[stage]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return target
