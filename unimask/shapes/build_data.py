@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,18 +214,6 @@ def _generation_data(paths: BuildPaths, version: int) -> None:
     _write_backbone_shards(paths, f"backbone-generation{version}", sampling_seeds)
 
 
-def _stage_generation8_data(paths: BuildPaths) -> None:
-    _generation_data(paths, version=8)
-
-
-def _stage_generation9_data(paths: BuildPaths) -> None:
-    _generation_data(paths, version=9)
-
-
-def _stage_generation10_data(paths: BuildPaths) -> None:
-    _generation_data(paths, version=10)
-
-
 def _stage_decoder_data(paths: BuildPaths) -> None:
     # The decoder_draft stage's scenes, coded as the shipped pipeline codes images (merged tokenizer).
     _coded_shard_set(paths, "coded-merged", seed=31, kind="captions", merged=True)
@@ -241,7 +230,5 @@ DATA_STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "merged_backbone_data": _stage_merged_backbone_data,
     "answer_data": _stage_answer_data,
     "answer7_data": _stage_answer7_data,
-    "generation8_data": _stage_generation8_data,
-    "generation9_data": _stage_generation9_data,
-    "generation10_data": _stage_generation10_data,
+    **{f"generation{version}_data": partial(_generation_data, version=version) for version in GENERATION_SEEDS},
 }

@@ -17,12 +17,21 @@ __all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "GENERATION_SEEDS"
 
 RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "default_model"
+# The parts of a set weighted to the image-writing tasks (stage generation<N>_data, then backbone_generation<N> on
+# configs/shapes/backbone-generation<N>.yaml): the tasks each samples (None: every task) and its sample counts; and
+# each set's first seed (part i is drawn with seed + i, sequenced with seed + 10 + i).
+GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
+                    "editing": (["editing", "multi_reference_editing"], (24000, 32)),
+                    "t2i": (["text_to_image"], (16000, 32)),
+                    "tasks": (None, (16000, 64))}
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101}
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
     "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
-    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7", "generation8_data", "backbone_generation8",
-    "generation9_data", "backbone_generation9", "generation10_data", "backbone_generation10", "assemble",
+    "answer_data", "backbone_answers", "answer7_data", "backbone_answers7",
+    *(stage for version in GENERATION_SEEDS for stage in (f"generation{version}_data", f"backbone_generation{version}")),
+    "assemble",
 )
 RECIPES = {
     "tokenizer_siglip": "tokenizer-siglip-regions.yaml",
@@ -32,9 +41,7 @@ RECIPES = {
     "backbone_merged": "backbone-merged.yaml",
     "backbone_answers": "backbone-answers.yaml",
     "backbone_answers7": "backbone-answers7.yaml",
-    "backbone_generation8": "backbone-generation8.yaml",
-    "backbone_generation9": "backbone-generation9.yaml",
-    "backbone_generation10": "backbone-generation10.yaml",
+    **{f"backbone_generation{version}": f"backbone-generation{version}.yaml" for version in GENERATION_SEEDS},
     "decoder_flow": "decoder-flow.yaml",
     "decoder_draft": "decoder-draft-flow.yaml",
     "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
@@ -47,13 +54,6 @@ COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64)
           "tasks-understanding": (25000, 32), "probe": (1500, 40), "merge": (1500, 40),
           "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
           "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
-# The parts of a set weighted to the image-writing tasks (generation<N>_data): the tasks each samples (None: every
-# task) and its sample counts; and each set's first seed (part i is drawn with seed + i, sequenced with seed + 10 + i).
-GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
-                    "editing": (["editing", "multi_reference_editing"], (24000, 32)),
-                    "t2i": (["text_to_image"], (16000, 32)),
-                    "tasks": (None, (16000, 64))}
-GENERATION_SEEDS = {8: 61, 9: 81, 10: 101}
 COUNTS.update({f"gen{version}-{part}": counts for version in GENERATION_SEEDS
                for part, (_, counts) in GENERATION_PARTS.items()})
 # Sequence options shared by the backbone data and the shipped generation defaults.
