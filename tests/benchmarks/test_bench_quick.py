@@ -9,7 +9,7 @@ from unimask.benchmarks.cli import BENCHMARKS
 
 
 def test_every_issue_benchmark_is_registered():
-    assert {"sampler", "cache", "decoder", "moe", "load", "train"} <= set(BENCHMARKS)
+    assert {"sampler", "cache", "decoder", "moe", "load", "train", "official_size"} <= set(BENCHMARKS)
 
 
 def test_cache_without_pruning_gives_identical_tokens(tmp_path):
