@@ -47,13 +47,15 @@ NUM_PER_TYPE = 4
 # strict 0.25 / 0.00 and soft 0.83 / 0.72 (0.0 / 0.0 extra objects), normal soft 0.80 / 0.81, editing 0.29 / 0.29.
 # Four prompts a split make the strict figure one scene in four (v10's 0.75 was three; at 100 a type v12 draws
 # 0.44 / 0.06 exact scenes against v10's 0.37 / 0.11, docs/model-card.md), so its floor asks for one.
+# v13 (v12 continued 4800 steps on a sixth set): understanding 0.79 / 0.54, turbo strict 0.25 / 0.00 and soft
+# 0.85 / 0.83, normal soft 0.93 / 0.78, editing 0.21 / 0.25 (0.41 / 0.27 at 60 a type: four edits a kind are noisy).
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.6,
         "text_to_image_turbo_strict": 0.2,
         "text_to_image_turbo_soft": 0.75,
         "text_to_image_normal_soft": 0.7,
-        "editing_accuracy": 0.2,
+        "editing_accuracy": 0.15,
     },
     "held_out": {
         "understanding_accuracy": 0.45,

@@ -83,7 +83,7 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     torch.testing.assert_close(shipped, SigLIPVQTokenizer.from_pretrained(paths.merged_tokenizer).vqmodel.quantize.embedding.weight)
     assert (paths.export("backbone_merged") / "model.safetensors").is_file()
     assert (paths.shards("backbone-understanding-merged") / ".done").is_file()
-    # ... then on two sets of fresh, answer-heavy samples and five weighted to the image-writing tasks; the last
+    # ... then on two sets of fresh, answer-heavy samples and six weighted to the image-writing tasks; the last
     # continuation is what the pipeline ships.
     assert (paths.shards("backbone-answers") / ".done").is_file()
     assert (paths.shards("backbone-answers7") / ".done").is_file()
@@ -92,10 +92,11 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     assert (paths.shards("backbone-generation10") / ".done").is_file()
     assert (paths.shards("backbone-generation11") / ".done").is_file()
     assert (paths.shards("backbone-generation12") / ".done").is_file()
+    assert (paths.shards("backbone-generation13") / ".done").is_file()
     # The decoders read a draft (continued from decoder_flow with the draft input), written by a draft network.
     assert pipe.decoder.sigvq.config.draft_channels == 8 and pipe.decoder.transformer.config.in_channels == 16
     assert pipe.decoder.sigvq.config.draft_layers == 4 and pipe.decoder.sigvq.has_draft_network
     assert pipe.decoder.config.draft_strength == 0.25
     shipped_backbone = pipe.backbone.state_dict()
-    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_generation12")).state_dict()
+    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_generation13")).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

@@ -43,6 +43,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_generation11 the backbone continued on it at lr 2e-4 (configs/shapes/backbone-generation11.yaml)
     generation12_data a fifth such set                          -> <root>/shards/gen12-*, backbone-generation12
     backbone_generation12 the backbone continued on it for 7200 steps (configs/shapes/backbone-generation12.yaml)
+    generation13_data a sixth such set                          -> <root>/shards/gen13-*, backbone-generation13
+    backbone_generation13 the backbone continued on it for 4800 steps (configs/shapes/backbone-generation13.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -74,9 +76,9 @@ INTERLEAVED_TEXT_LENGTH = 96
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison.
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
-# Which stage's backbone the pipeline ships (v12: v7 continued on five fresh sets weighted to editing and
-# text-to-image, the last for three times as many steps).
-BACKBONE_STAGE = "backbone_generation12"
+# Which stage's backbone the pipeline ships (v13: v7 continued on six fresh sets weighted to editing and
+# text-to-image, the last two for three and two times as many steps).
+BACKBONE_STAGE = "backbone_generation13"
 # The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):

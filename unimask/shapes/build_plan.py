@@ -24,7 +24,7 @@ GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
                     "editing": (["editing", "multi_reference_editing"], (24000, 32)),
                     "t2i": (["text_to_image"], (16000, 32)),
                     "tasks": (None, (16000, 64))}
-GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141}
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161}
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
