@@ -45,21 +45,27 @@ def _backbone(directory: Path) -> torch.nn.Module:
     return model
 
 
-def edit_requests(references: int, batch: int, grid: int = GRID, seed: int = 0) -> dict:
+def edit_requests(references: int, batch: int, grid: int = GRID, seed: int = 0, *, output_grid: int | None = None,
+                  text_ids: tuple[int, int] = TEXT_IDS, image_ids: tuple[int, int] = IMAGE_IDS,
+                  mask_id: int = MASK_ID) -> dict:
     """Sampler inputs for ``batch`` editing requests with ``references`` reference images each.
 
     Returns {"input_ids", "token_kinds", "padding_mask"}, all (batch, seq): instruction text, the
-    reference code grids (prompt), a short text, then grid * grid masked IMAGE positions."""
+    reference code grids (grid x grid each, with a short text after each; the prompt), then output_grid *
+    output_grid (default grid) masked IMAGE positions. text_ids / image_ids: [low, high) ranges drawn from;
+    the defaults are the tiny backbone's."""
+    output_grid = grid if output_grid is None else output_grid
     generator = torch.Generator().manual_seed(seed + references)
     rows, kinds = [], []
     for _ in range(batch):
-        parts = [torch.randint(*TEXT_IDS, (24,), generator=generator)]
+        parts = [torch.randint(*text_ids, (24,), generator=generator)]
         for _ in range(references):
-            parts.append(torch.randint(*IMAGE_IDS, (grid * grid,), generator=generator))
-            parts.append(torch.randint(*TEXT_IDS, (4,), generator=generator))
+            parts.append(torch.randint(*image_ids, (grid * grid,), generator=generator))
+            parts.append(torch.randint(*text_ids, (4,), generator=generator))
         prompt = torch.cat(parts)
-        rows.append(torch.cat([prompt, torch.full((grid * grid,), MASK_ID)]))
-        kinds.append(torch.cat([torch.full((prompt.numel(),), PROMPT_KIND), torch.full((grid * grid,), IMAGE_KIND)]))
+        written = output_grid * output_grid
+        rows.append(torch.cat([prompt, torch.full((written,), mask_id)]))
+        kinds.append(torch.cat([torch.full((prompt.numel(),), PROMPT_KIND), torch.full((written,), IMAGE_KIND)]))
     input_ids = torch.stack(rows)
     return {"input_ids": input_ids, "token_kinds": torch.stack(kinds).to(torch.int8),
             "padding_mask": torch.ones_like(input_ids, dtype=torch.bool)}

@@ -17,8 +17,8 @@ about 6B parameters) at their published sizes, random bf16 weights, side by side
 
 ``--quick`` runs the tiny presets (``configs/models/backbone/tiny.yaml``, decoder ``tiny``) at small sizes on
 whatever device there is, in fp32: the wiring, not the figures. Without ``--quick`` there must be a CUDA device
-(fp32 weights of this size do not fit a CPU machine's memory); without one it returns ``{"skipped": reason}``. Run: ``python -m unimask.benchmarks.official_size
-[--quick]``.
+(fp32 weights of this size do not fit a CPU machine's memory); without one it returns ``{"skipped": reason}``.
+Run: ``python -m unimask.benchmarks.official_size [--quick]``.
 """
 
 from __future__ import annotations
@@ -28,15 +28,10 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import yaml
 
-import unimask.configs
-
-BACKBONE_PRESETS = Path(unimask.configs.__file__).parent / "models" / "backbone"
 # Published special ids (reference-llada2-uni.md): the mask and end-of-sequence tokens; text ids sit below
 # image_token_offset. The tiny preset keeps its own small ids.
 OFFICIAL_IDS = {"mask": 156895, "eos": 156892, "text_high": 150000}
@@ -89,9 +84,10 @@ def _peak_gib(device: torch.device) -> float | None:
 
 def backbone_config(preset: str):
     """`LLaDA2MoeConfig` of ``configs/models/backbone/<preset>.yaml``."""
+    from unimask.presets import read_component_preset
     from unimask.unimodal.configuration_llada2_moe import LLaDA2MoeConfig
 
-    keys = yaml.safe_load((BACKBONE_PRESETS / f"{preset}.yaml").read_text())
+    keys = read_component_preset("backbone", preset)
     keys.pop("architectures", None)
     keys.pop("model_type", None)
     return LLaDA2MoeConfig(**keys)
@@ -214,25 +210,10 @@ def forward_latency(model, config, device: torch.device, prefix: int, block: int
     return results
 
 
-def editing_request(ids: dict, image_range: tuple[int, int], reference_grid: int, output_grid: int) -> dict:
-    """Sampler inputs (batch 1): 24 text ids, a ``reference_grid``^2 code grid and 4 text ids as the prompt, then
-    ``output_grid``^2 masked image positions."""
-    from unimask.unimodal.sampler import IMAGE_KIND, PROMPT_KIND
-
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.cat([torch.randint(2, ids["text_high"], (24,), generator=generator),
-                        torch.randint(*image_range, (reference_grid**2,), generator=generator),
-                        torch.randint(2, ids["text_high"], (4,), generator=generator)])
-    written = output_grid**2
-    input_ids = torch.cat([prompt, torch.full((written,), ids["mask"])])[None]
-    kinds = torch.cat([torch.full((prompt.numel(),), PROMPT_KIND), torch.full((written,), IMAGE_KIND)])[None]
-    return {"input_ids": input_ids, "token_kinds": kinds.to(torch.int8),
-            "padding_mask": torch.ones_like(input_ids, dtype=torch.bool)}
-
-
 def editing_decode(model, config, device: torch.device, ids: dict, reference_grid: int, output_grid: int,
                    repeats: int) -> dict:
     """Cached against uncached decoding of one editing-shaped request; see the module docstring."""
+    from unimask.benchmarks.cache import edit_requests
     from unimask.unimodal.sampler import IMAGE_KIND, MaskedDiffusionSampler
     from unimask.unimodal.sampler_config import SamplerConfig
 
@@ -241,8 +222,9 @@ def editing_decode(model, config, device: torch.device, ids: dict, reference_gri
     image_vocab[image_range[0]:image_range[1]] = True
     sampler = MaskedDiffusionSampler(model, mask_id=ids["mask"], eos_id=ids["eos"],
                                      kind_vocab_masks={IMAGE_KIND: image_vocab.to(device)})
-    inputs = {name: tensor.to(device) for name, tensor in
-              editing_request(ids, image_range, reference_grid, output_grid).items()}
+    request = edit_requests(1, 1, reference_grid, output_grid=output_grid, text_ids=(2, ids["text_high"]),
+                            image_ids=image_range, mask_id=ids["mask"])
+    inputs = {name: tensor.to(device) for name, tensor in request.items()}
     base = SamplerConfig(block_length=32, num_inference_steps=8, threshold=1.0, eos_early_stop=False)
     results, sequences = {}, {}
     for name, sampler_config in (("no_cache", base), ("cache", base.replace(use_sprint=True, keep_ratio=1.0))):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unimask.benchmarks import official_size
+from unimask.benchmarks.cache import edit_requests
 
 
 def test_active_parameters_at_the_published_size():
@@ -21,8 +22,10 @@ def test_active_parameters_at_the_published_size():
         2 * 10 * official_size.active_matmul_parameters(config) + 4 * 100 * 16 * 128 * 20)
 
 
-def test_editing_request_layout():
-    inputs = official_size.editing_request(official_size.OFFICIAL_IDS, (157184, 173568), 4, 2)
+def test_editing_request_at_the_official_ids():
+    official = official_size.OFFICIAL_IDS
+    inputs = edit_requests(1, 1, 4, output_grid=2, text_ids=(2, official["text_high"]), image_ids=(157184, 173568),
+                           mask_id=official["mask"])
     ids = inputs["input_ids"][0]
     assert ids.shape == (24 + 16 + 4 + 4,)
     assert ((ids[24:40] >= 157184) & (ids[24:40] < 173568)).all()
