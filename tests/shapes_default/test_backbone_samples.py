@@ -5,7 +5,12 @@ import random
 import numpy as np
 import pytest
 
-from unimask.shapes.backbone_samples import backbone_records, backbone_sequence
+from unimask.shapes.backbone_samples import (
+    backbone_records,
+    backbone_sequence,
+    interleaved_round_records,
+    interleaved_round_sequences,
+)
 from unimask.shapes.language import caption
 from unimask.shapes.scene import BACKGROUNDS, COLOURS
 from unimask.shapes.tasks import TASKS, iter_samples, sample_scenes, sample_task, sample_texts, sample_to_json
@@ -76,6 +81,54 @@ def test_interleaved_response_parses_into_steps(shapes_builder, shapes_text_toke
     assert texts == [step["text"] for step in sample["steps"]]
     assert len(images) == len(grids) and all(np.array_equal(a.codes, b) for a, b in zip(images, grids))
     assert sample["prompt"] in shapes_text_tokenizer.decode(ids[:start])
+
+
+def test_interleaved_rounds_end_where_the_pipeline_rounds_end(shapes_builder, shapes_text_tokenizer):
+    raw = sample_task("interleaved", random.Random(7))
+    sample = sample_to_json(raw)
+    grids = _grids(raw)
+    rounds = interleaved_round_sequences(sample, grids, shapes_builder, text_length=96)
+    layout = shapes_builder.layout
+    steps = sample["steps"]
+    assert len(rounds) == 2 * len(steps) + 1
+    whole, whole_start = backbone_sequence(sample, grids, shapes_builder, tail_eos=16)
+    prompt = whole[:whole_start]
+    header = [layout.image_start_id, layout.size_token(8), layout.size_token(8), layout.boi_id]
+    history = prompt
+    for index, (step, grid) in enumerate(zip(steps, grids)):
+        (text_ids, text_start), (image_ids, image_start) = rounds[2 * index], rounds[2 * index + 1]
+        sentence = encode_plain(shapes_text_tokenizer, step["text"])
+        # Text round: the history, then 96 positions = sentence, header, end-of-sequence padding.
+        assert text_ids[:text_start] == history and len(text_ids) - text_start == 96
+        assert text_ids[text_start:] == sentence + header + [layout.eos_id] * (96 - len(sentence) - 4)
+        # Image round: the codes after the header, and nothing after <|/image|>.
+        assert image_ids[:image_start] == history + sentence + header
+        assert image_ids[image_start:] == (grid.reshape(-1) + layout.image_token_offset).tolist() + [layout.image_end_id]
+        history = image_ids
+    last, last_start = rounds[-1]
+    assert last[:last_start] == whole[: len(whole) - 16] and last[last_start:] == [layout.eos_id] * 96
+    with pytest.raises(ValueError, match="text_length"):
+        interleaved_round_sequences(sample, grids, shapes_builder, text_length=8)
+    with pytest.raises(ValueError, match="grids of shape"):
+        interleaved_round_sequences(sample, grids[:1], shapes_builder, text_length=96)
+    with pytest.raises(ValueError, match="interleaved"):
+        interleaved_round_sequences(_sample("editing"), grids, shapes_builder, text_length=96)
+
+
+def test_interleaved_round_records_skip_other_tasks(tmp_path, shapes_builder):
+    from unimask.data.loader import expand_shard_paths
+    from unimask.data.tokenize_shards import add_image_codes
+    from unimask.data.writer import write_shards
+
+    samples = list(iter_samples(10, seed=4, kind="tasks"))
+    write_shards(samples, tmp_path / "tasks", max_count=10)
+    shards = expand_shard_paths([str(tmp_path / "tasks")])
+    add_image_codes(shards, lambda images: [np.full((8, 8), 5) for _ in images])
+    records = list(interleaved_round_records(shards, shapes_builder, text_length=96))
+    expected = sum(2 * len(s["json"]["steps"]) + 1 for s in samples if s["json"]["task"] == "interleaved")
+    assert expected > 0 and len(records) == expected
+    assert len({record["__key__"] for record in records}) == expected
+    assert all(record["json"]["task"] == "interleaved" for record in records)
 
 
 def test_wrong_grid_count_and_long_answer_raise(shapes_builder):

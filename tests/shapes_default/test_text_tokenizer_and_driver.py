@@ -8,7 +8,9 @@ import torch
 import yaml
 
 from unimask.shapes.build_default import STAGE_FUNCTIONS, run_stage
-from unimask.shapes.build_plan import ANSWER_LENGTH, RECIPES, STAGES, BuildPaths, recipe_path
+from unimask.shapes.build_plan import (
+    ANSWER_LENGTH, COUNTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths, generation_parts, recipe_path,
+)
 from unimask.shapes.language import caption
 from unimask.shapes.scene import sample_scene
 from unimask.shapes.text_tokenizer_build import build_shapes_text_tokenizer, save_shapes_text_tokenizer
@@ -53,6 +55,19 @@ def test_quick_recipes_are_rewritten_under_the_root(tmp_path):
         assert all(s.startswith(str(tmp_path / "quick")) for s in recipe["data"]["shards"])
 
 
+def test_generation_sets_add_an_interleaved_part_from_set_14():
+    assert "interleaved" not in generation_parts(13)
+    parts = generation_parts(14)
+    assert parts["interleaved"][0] == ["interleaved"] and list(parts)[:4] == list(generation_parts(13))
+    # every part of every set has its counts, and the sets' seed ranges (seed + part, seed + 10 + part) never meet
+    assert all(f"gen{version}-{part}" in COUNTS for version in GENERATION_SEEDS for part in generation_parts(version))
+    seeds = [GENERATION_SEEDS[v] + extra + i for v in GENERATION_SEEDS for extra in (0, 10)
+             for i in range(len(generation_parts(v)))]
+    assert len(seeds) == len(set(seeds))
+    with pytest.raises(ValueError, match="version=7"):
+        generation_parts(7)
+
+
 def test_unknown_stage_raises(tmp_path):
     with pytest.raises(ValueError, match="stage"):
         run_stage("nope", BuildPaths(tmp_path))
@@ -83,20 +98,18 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     torch.testing.assert_close(shipped, SigLIPVQTokenizer.from_pretrained(paths.merged_tokenizer).vqmodel.quantize.embedding.weight)
     assert (paths.export("backbone_merged") / "model.safetensors").is_file()
     assert (paths.shards("backbone-understanding-merged") / ".done").is_file()
-    # ... then on two sets of fresh, answer-heavy samples and six weighted to the image-writing tasks; the last
-    # continuation is what the pipeline ships.
+    # ... then on two sets of fresh, answer-heavy samples, seven weighted to the image-writing tasks (the seventh
+    # with interleaved requests), and the seventh again with its interleaved requests cut into the pipeline's
+    # rounds; that last continuation is what the pipeline ships.
     assert (paths.shards("backbone-answers") / ".done").is_file()
     assert (paths.shards("backbone-answers7") / ".done").is_file()
-    assert (paths.shards("backbone-generation8") / ".done").is_file()
-    assert (paths.shards("backbone-generation9") / ".done").is_file()
-    assert (paths.shards("backbone-generation10") / ".done").is_file()
-    assert (paths.shards("backbone-generation11") / ".done").is_file()
-    assert (paths.shards("backbone-generation12") / ".done").is_file()
-    assert (paths.shards("backbone-generation13") / ".done").is_file()
+    assert all((paths.shards(f"backbone-generation{version}") / ".done").is_file() for version in GENERATION_SEEDS)
+    assert (paths.shards("gen14-interleaved") / ".done").is_file()
+    assert (paths.shards("backbone-interleaved-rounds") / ".done").is_file()
     # The decoders read a draft (continued from decoder_flow with the draft input), written by a draft network.
     assert pipe.decoder.sigvq.config.draft_channels == 8 and pipe.decoder.transformer.config.in_channels == 16
     assert pipe.decoder.sigvq.config.draft_layers == 4 and pipe.decoder.sigvq.has_draft_network
     assert pipe.decoder.config.draft_strength == 0.25
     shipped_backbone = pipe.backbone.state_dict()
-    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_generation13")).state_dict()
+    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_interleaved_rounds")).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

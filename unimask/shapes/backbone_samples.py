@@ -13,6 +13,15 @@ inference, with the masked region filled by the right answer:
   (``<|image|> h w <boi> codes <|/image|>``), then ``tail_eos`` end-of-sequence tokens (what a last
   text round sees).
 
+:func:`interleaved_round_sequences` cuts an interleaved sample into the rounds
+:class:`~unimask.pipelines.pipeline_interleaved.InterleavedPipeline` samples, each a sequence that ends
+where its round ends: a text round (the history, then the step's sentence, its image header and
+end-of-sequence up to ``text_length`` TEXT positions), an image round (the history, the sentence and
+header, then the codes and ``<|/image|>``) and the last text round (the history, then ``text_length``
+end-of-sequence tokens). Sequences attend within themselves only, so the whole-sample form teaches a
+model that the response ends long after a text round's ``text_length`` positions; the round form shows
+it the lengths it meets at inference.
+
 ``response_start`` is the first response position: the SFT loss masks only positions from there on
 (the backbone stage's ``maskable`` region; text and image positions are told apart by id).
 :func:`backbone_records` reads tokenized task shards (``codes.npy``) as backbone records whose json
@@ -35,7 +44,8 @@ from unimask.data.shard_format import SampleDecodeError, decode_record
 from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec, fill_masks
 from unimask.tokenizers.token_layout import TokenLayout, encode_plain
 
-__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "interleave_evenly"]
+__all__ = ["BackboneSequence", "backbone_sequence", "backbone_records", "interleaved_round_sequences",
+           "interleaved_round_records", "interleave_evenly"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +128,64 @@ def backbone_sequence(
         response += encode_plain(builder.tokenizer, step["text"]) + _image_block(layout, grid)
     response += [layout.eos_id] * tail_eos
     return prefix + response, len(prefix)
+
+
+def interleaved_round_sequences(
+    sample: dict[str, Any], grids: np.ndarray, builder: SequenceBuilder, text_length: int
+) -> list[BackboneSequence]:
+    """The rounds of an interleaved sample as separate training sequences (see the module docstring).
+
+    Args:
+        sample: an interleaved Shapes World sample (``prompt`` and ``steps``, each with ``text``).
+        grids: ``(n_steps, h, w)`` int codes of the step scenes.
+        builder: the SequenceBuilder of the model's layout and text tokenizer.
+        text_length: TEXT positions of a text round (the pipeline's interleaved ``gen_length``).
+    Returns:
+        ``2 * n_steps + 1`` ``(input_ids, response_start)`` pairs: per step its text round and its image
+        round, then the last text round.
+    Raises:
+        ValueError: not an interleaved sample, grids not ``(n_steps, h, w)``, or a sentence plus its image
+        header longer than ``text_length``.
+    """
+    if sample.get("task") != "interleaved":
+        raise ValueError(f"sample task={sample.get('task')!r}: round sequences are cut from interleaved samples")
+    grids = np.asarray(grids)
+    if grids.ndim != 3 or grids.shape[0] != len(sample["steps"]):
+        raise ValueError(f"interleaved sample needs grids of shape ({len(sample['steps'])}, h, w), got {grids.shape}")
+    layout = builder.layout
+    history = builder.interleaved(sample["prompt"], text_length=1).input_ids[:-1]
+    rounds: list[BackboneSequence] = []
+    for step, grid in zip(sample["steps"], grids):
+        block = _image_block(layout, grid)
+        text = encode_plain(builder.tokenizer, step["text"]) + block[:4]
+        if len(text) > text_length:
+            raise ValueError(f"step text {step['text']!r} and its image header take {len(text)} tokens; "
+                             f"text_length={text_length} is too short")
+        rounds.append((history + text + [layout.eos_id] * (text_length - len(text)), len(history)))
+        rounds.append((history + text + block[4:], len(history) + len(text)))
+        history = history + text + block[4:]
+    rounds.append((history + [layout.eos_id] * text_length, len(history)))
+    return rounds
+
+
+def interleaved_round_records(
+    shards: Sequence[str | Path], builder: SequenceBuilder, text_length: int
+) -> Iterator[dict[str, Any]]:
+    """Backbone records of every round of the interleaved samples in tokenized shards (``codes.npy``);
+    other tasks and records without codes are skipped. Records as :func:`backbone_records` writes them."""
+    for shard in shards:
+        shard_path = Path(shard)
+        for raw in wds.tariterators.tarfile_samples([{"url": str(shard)}]):
+            try:
+                record = decode_record(raw, decode_images=False)
+            except SampleDecodeError as err:
+                logger.warning("shard %s sample %s: %s; skipped", shard, raw.get("__key__"), err)
+                continue
+            if record["codes"] is None or record["json"].get("task") != "interleaved":
+                continue
+            key = f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_")
+            for index, (ids, start) in enumerate(interleaved_round_sequences(record["json"], record["codes"], builder, text_length)):
+                yield {"__key__": f"{key}_round{index}", "json": {"task": "interleaved", "input_ids": ids, "response_start": start}}
 
 
 def backbone_records(

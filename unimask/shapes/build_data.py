@@ -14,7 +14,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from unimask.shapes.build_plan import ANSWER_LENGTH, GENERATION_PARTS, GENERATION_SEEDS, TAIL_EOS, BuildPaths
+from unimask.shapes.build_plan import (
+    ANSWER_LENGTH,
+    GENERATION_SEEDS,
+    INTERLEAVED_TEXT_LENGTH,
+    TAIL_EOS,
+    BuildPaths,
+    generation_parts,
+)
 
 __all__ = ["DATA_STAGE_FUNCTIONS", "shapes_image_tokenizer", "shapes_layout_and_builder"]
 
@@ -203,15 +210,33 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
 
 def _generation_data(paths: BuildPaths, version: int) -> None:
     # Fresh samples weighted to the image-writing tasks (v7's edits rewrote objects they should copy): editing
-    # with multi-reference, text-to-image, every task, and questions to keep answering.
+    # with multi-reference, text-to-image, every task, and questions to keep answering (from set 14 on, also
+    # interleaved requests).
     seed = GENERATION_SEEDS[version]
     sampling_seeds = {}
-    for offset, (part, (tasks, _)) in enumerate(GENERATION_PARTS.items()):
+    for offset, (part, (tasks, _)) in enumerate(generation_parts(version).items()):
         name = f"gen{version}-{part}"
         options = {} if tasks is None else {"tasks": tasks}
         _coded_shard_set(paths, name, seed=seed + offset, kind="tasks", merged=True, **options)
         sampling_seeds[name] = seed + 10 + offset
     _write_backbone_shards(paths, f"backbone-generation{version}", sampling_seeds)
+
+
+def _stage_interleaved_rounds_data(paths: BuildPaths) -> None:
+    # Every round of set 14's interleaved requests as its own sequence, ending where the pipeline's round ends
+    # (the whole-sample form ends long after a text round's positions, so text rounds wrote wrong lengths).
+    from unimask.data.loader import expand_shard_paths
+    from unimask.data.writer import write_shards
+    from unimask.shapes.backbone_samples import interleaved_round_records
+
+    folder = paths.shards("backbone-interleaved-rounds")
+    if _done(folder):
+        return
+    _, _, builder = shapes_layout_and_builder(paths)
+    # The first 6000 requests (about 42000 round sequences): a third of the shards backbone_interleaved_rounds reads.
+    shards = expand_shard_paths([str(paths.shards("gen14-interleaved"))])[:6]
+    write_shards(interleaved_round_records(shards, builder, INTERLEAVED_TEXT_LENGTH), folder, max_count=2000)
+    _mark(folder)
 
 
 def _stage_decoder_data(paths: BuildPaths) -> None:
@@ -231,4 +256,5 @@ DATA_STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
     "answer_data": _stage_answer_data,
     "answer7_data": _stage_answer7_data,
     **{f"generation{version}_data": partial(_generation_data, version=version) for version in GENERATION_SEEDS},
+    "interleaved_rounds_data": _stage_interleaved_rounds_data,
 }

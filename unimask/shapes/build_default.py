@@ -45,6 +45,10 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_generation12 the backbone continued on it for 7200 steps (configs/shapes/backbone-generation12.yaml)
     generation13_data a sixth such set                          -> <root>/shards/gen13-*, backbone-generation13
     backbone_generation13 the backbone continued on it for 4800 steps (configs/shapes/backbone-generation13.yaml)
+    generation14_data a seventh, with a fifth part of interleaved requests -> <root>/shards/gen14-*, backbone-generation14
+    backbone_generation14 the backbone continued on it for 9600 steps (configs/shapes/backbone-generation14.yaml)
+    interleaved_rounds_data every round of 6000 gen14 interleaved requests as its own sequence -> <root>/shards/backbone-interleaved-rounds
+    backbone_interleaved_rounds the backbone continued on set 14 + them (configs/shapes/backbone-interleaved-rounds.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -58,15 +62,20 @@ from pathlib import Path
 from typing import Callable
 
 from unimask.shapes.build_data import DATA_STAGE_FUNCTIONS, shapes_image_tokenizer, shapes_layout_and_builder
-from unimask.shapes.build_plan import ANSWER_LENGTH, DEFAULT_OUT, RECIPES, STAGES, BuildPaths, recipe_path
+from unimask.shapes.build_plan import (
+    ANSWER_LENGTH,
+    DEFAULT_OUT,
+    INTERLEAVED_TEXT_LENGTH,
+    RECIPES,
+    STAGES,
+    BuildPaths,
+    recipe_path,
+)
 
 __all__ = ["STAGES", "BuildPaths", "run_stage", "build", "main"]
 
 logger = logging.getLogger("unimask.shapes.build_default")
 
-# A text round must look like training, where a step's sentence is followed by its image block: with
-# 48 masked positions the model saw a short ending and wrote no <|image|>; with 96 it opens the images.
-INTERLEAVED_TEXT_LENGTH = 96
 # Which stage's transformer the turbo decoder (8 steps, no guidance) runs. The consistency-distilled
 # student does not keep what the codes say: on the true code grids of 24 scenes the shipped recipe's
 # student read back the right background in 0.38 of them with 6.4 objects too many an image, against
@@ -76,9 +85,10 @@ INTERLEAVED_TEXT_LENGTH = 96
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison.
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
-# Which stage's backbone the pipeline ships (v13: v7 continued on six fresh sets weighted to editing and
-# text-to-image, the last two for three and two times as many steps).
-BACKBONE_STAGE = "backbone_generation13"
+# Which stage's backbone the pipeline ships (v15: v7 continued on seven fresh sets weighted to editing and
+# text-to-image, the seventh with interleaved requests, then on that set plus its interleaved requests cut into
+# the pipeline's rounds).
+BACKBONE_STAGE = "backbone_interleaved_rounds"
 # The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):

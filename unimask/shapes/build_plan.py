@@ -12,7 +12,8 @@ import yaml
 
 import unimask.configs
 
-__all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "GENERATION_SEEDS", "ANSWER_LENGTH", "TAIL_EOS",
+__all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
+           "generation_parts", "ANSWER_LENGTH", "TAIL_EOS", "INTERLEAVED_TEXT_LENGTH",
            "BuildPaths", "recipe_path"]
 
 RECIPE_DIR = Path(unimask.configs.__file__).parent / "shapes"
@@ -24,13 +25,26 @@ GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
                     "editing": (["editing", "multi_reference_editing"], (24000, 32)),
                     "t2i": (["text_to_image"], (16000, 32)),
                     "tasks": (None, (16000, 64))}
-GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161}
+# From set 14 on, a fifth part of interleaved requests only: in the four-part sets about one sample in 25 is
+# interleaved, too few for the model to copy a step's sentence from the request and stop after the last step.
+INTERLEAVED_PART = {"interleaved": (["interleaved"], (16000, 32))}
+FIRST_INTERLEAVED_SET = 14
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181}
+
+
+def generation_parts(version: int) -> dict[str, tuple[list[str] | None, tuple[int, int]]]:
+    """The parts of generation set ``version``: ``{part: (tasks or None for every task, (full, quick) counts)}``."""
+    if version not in GENERATION_SEEDS:
+        raise ValueError(f"version={version} is not a generation set; known: {sorted(GENERATION_SEEDS)}")
+    return {**GENERATION_PARTS, **(INTERLEAVED_PART if version >= FIRST_INTERLEAVED_SET else {})}
+
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
     "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
     "answer_data", "backbone_answers", "answer7_data", "backbone_answers7",
     *(stage for version in GENERATION_SEEDS for stage in (f"generation{version}_data", f"backbone_generation{version}")),
+    "interleaved_rounds_data", "backbone_interleaved_rounds",
     "assemble",
 )
 RECIPES = {
@@ -42,6 +56,7 @@ RECIPES = {
     "backbone_answers": "backbone-answers.yaml",
     "backbone_answers7": "backbone-answers7.yaml",
     **{f"backbone_generation{version}": f"backbone-generation{version}.yaml" for version in GENERATION_SEEDS},
+    "backbone_interleaved_rounds": "backbone-interleaved-rounds.yaml",
     "decoder_flow": "decoder-flow.yaml",
     "decoder_draft": "decoder-draft-flow.yaml",
     "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
@@ -55,9 +70,11 @@ COUNTS = {"captions": (6000, 64), "captions-b": (14000, 64), "coded": (6000, 64)
           "answers": (60000, 32), "answers-tasks": (30000, 64), "coded-merged": (12000, 64),
           "answers7": (40000, 32), "answers7-tasks": (24000, 64)}
 COUNTS.update({f"gen{version}-{part}": counts for version in GENERATION_SEEDS
-               for part, (_, counts) in GENERATION_PARTS.items()})
+               for part, (_, counts) in generation_parts(version).items()})
 # Sequence options shared by the backbone data and the shipped generation defaults.
 ANSWER_LENGTH = 32
+# TEXT positions of an interleaved text round (the shipped interleaved gen_length and the round sequences' length).
+INTERLEAVED_TEXT_LENGTH = 96
 # End-of-sequence tokens after the last image of an interleaved training sequence (what a last text round sees).
 TAIL_EOS = 16
 
