@@ -168,11 +168,9 @@ def interleaved_round_sequences(
     return rounds
 
 
-def interleaved_round_records(
-    shards: Sequence[str | Path], builder: SequenceBuilder, text_length: int
-) -> Iterator[dict[str, Any]]:
-    """Backbone records of every round of the interleaved samples in tokenized shards (``codes.npy``);
-    other tasks and records without codes are skipped. Records as :func:`backbone_records` writes them."""
+def _coded_records(shards: Sequence[str | Path]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(key, record)`` of every decodable record with codes in ``shards``; the key names the shard folder and
+    shard too, as several shard folders may share shard names. Others are skipped with a warning."""
     for shard in shards:
         shard_path = Path(shard)
         for raw in wds.tariterators.tarfile_samples([{"url": str(shard)}]):
@@ -181,11 +179,23 @@ def interleaved_round_records(
             except SampleDecodeError as err:
                 logger.warning("shard %s sample %s: %s; skipped", shard, raw.get("__key__"), err)
                 continue
-            if record["codes"] is None or record["json"].get("task") != "interleaved":
+            if record["codes"] is None:
+                logger.warning("shard %s sample %s has no codes.npy; skipped", shard, record["__key__"])
                 continue
-            key = f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_")
-            for index, (ids, start) in enumerate(interleaved_round_sequences(record["json"], record["codes"], builder, text_length)):
-                yield {"__key__": f"{key}_round{index}", "json": {"task": "interleaved", "input_ids": ids, "response_start": start}}
+            yield f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_"), record
+
+
+def interleaved_round_records(
+    shards: Sequence[str | Path], builder: SequenceBuilder, text_length: int
+) -> Iterator[dict[str, Any]]:
+    """Backbone records of every round of the interleaved samples in tokenized shards (``codes.npy``);
+    other tasks are skipped. Records as :func:`backbone_records` writes them, keys ending ``_round<i>``."""
+    for key, record in _coded_records(shards):
+        if record["json"].get("task") != "interleaved":
+            continue
+        rounds = interleaved_round_sequences(record["json"], record["codes"], builder, text_length)
+        for index, (ids, start) in enumerate(rounds):
+            yield {"__key__": f"{key}_round{index}", "json": {"task": "interleaved", "input_ids": ids, "response_start": start}}
 
 
 def backbone_records(
@@ -197,20 +207,9 @@ def backbone_records(
     skipped with a warning. ``options`` go to :func:`backbone_sequence`.
     """
     rng = random.Random(seed)
-    for shard in shards:
-        for raw in wds.tariterators.tarfile_samples([{"url": str(shard)}]):
-            try:
-                record = decode_record(raw, decode_images=False)
-            except SampleDecodeError as err:
-                logger.warning("shard %s sample %s: %s; skipped", shard, raw.get("__key__"), err)
-                continue
-            if record["codes"] is None:
-                logger.warning("shard %s sample %s has no codes.npy; skipped", shard, record["__key__"])
-                continue
-            ids, start = backbone_sequence(record["json"], record["codes"], builder, rng=rng, **options)
-            shard_path = Path(shard)  # folder and shard name: several shard folders may share shard names
-            key = f"{shard_path.parent.name}_{shard_path.stem}_{record['__key__']}".replace(".", "_")
-            yield {"__key__": key, "json": {"task": record["json"]["task"], "input_ids": ids, "response_start": start}}
+    for key, record in _coded_records(shards):
+        ids, start = backbone_sequence(record["json"], record["codes"], builder, rng=rng, **options)
+        yield {"__key__": key, "json": {"task": record["json"]["task"], "input_ids": ids, "response_start": start}}
 
 
 T = TypeVar("T")
