@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 
-from unimask.shapes.build_default import STAGE_FUNCTIONS, run_stage
+from unimask.shapes.build_default import BACKBONE_STAGE, STAGE_FUNCTIONS, run_stage
 from unimask.shapes.build_plan import (
-    ANSWER_LENGTH, COUNTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths, generation_parts, recipe_path,
+    ANSWER_LENGTH, COUNTS, FIRST_ROUNDS_SET, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths, generation_parts,
+    recipe_path,
 )
 from unimask.shapes.language import caption
 from unimask.shapes.scene import sample_scene
@@ -68,6 +69,20 @@ def test_generation_sets_add_an_interleaved_part_from_set_14():
         generation_parts(7)
 
 
+def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():
+    # Set FIRST_ROUNDS_SET starts from backbone_interleaved_rounds and each later set from the set before it, so
+    # their stages must come after those, and each recipe must read the round sequences its data stage writes.
+    later = [v for v in GENERATION_SEEDS if v >= FIRST_ROUNDS_SET]
+    assert later
+    for version in later:
+        before = "backbone_interleaved_rounds" if version == FIRST_ROUNDS_SET else f"backbone_generation{version - 1}"
+        assert STAGES.index(f"generation{version}_data") > STAGES.index(before)
+        recipe = yaml.safe_load(recipe_path(f"backbone_generation{version}", BuildPaths()).read_text())
+        assert recipe["stage_options"]["init"] == str(BuildPaths().export(before))
+        assert recipe["data"]["shards"] == [str(BuildPaths().shards(f"backbone-generation{version}")),
+                                            str(BuildPaths().shards(f"backbone-generation{version}-rounds"))]
+
+
 def test_unknown_stage_raises(tmp_path):
     with pytest.raises(ValueError, match="stage"):
         run_stage("nope", BuildPaths(tmp_path))
@@ -106,10 +121,12 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     assert all((paths.shards(f"backbone-generation{version}") / ".done").is_file() for version in GENERATION_SEEDS)
     assert (paths.shards("gen14-interleaved") / ".done").is_file()
     assert (paths.shards("backbone-interleaved-rounds") / ".done").is_file()
+    assert all((paths.shards(f"backbone-generation{version}-rounds") / ".done").is_file()
+               for version in GENERATION_SEEDS if version >= FIRST_ROUNDS_SET)
     # The decoders read a draft (continued from decoder_flow with the draft input), written by a draft network.
     assert pipe.decoder.sigvq.config.draft_channels == 8 and pipe.decoder.transformer.config.in_channels == 16
     assert pipe.decoder.sigvq.config.draft_layers == 4 and pipe.decoder.sigvq.has_draft_network
     assert pipe.decoder.config.draft_strength == 0.25
     shipped_backbone = pipe.backbone.state_dict()
-    continued = LLaDA2MoeModelLM.from_pretrained(paths.export("backbone_interleaved_rounds")).state_dict()
+    continued = LLaDA2MoeModelLM.from_pretrained(paths.export(BACKBONE_STAGE)).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())

@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 from unimask.shapes.build_plan import (
     ANSWER_LENGTH,
+    FIRST_ROUNDS_SET,
     GENERATION_SEEDS,
     INTERLEAVED_TEXT_LENGTH,
+    ROUND_SHARDS,
     TAIL_EOS,
     BuildPaths,
     generation_parts,
@@ -211,7 +213,7 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
 def _generation_data(paths: BuildPaths, version: int) -> None:
     # Fresh samples weighted to the image-writing tasks (v7's edits rewrote objects they should copy): editing
     # with multi-reference, text-to-image, every task, and questions to keep answering (from set 14 on, also
-    # interleaved requests).
+    # interleaved requests; from set 15 on, also some of them cut into the pipeline's rounds).
     seed = GENERATION_SEEDS[version]
     sampling_seeds = {}
     for offset, (part, (tasks, _)) in enumerate(generation_parts(version).items()):
@@ -220,23 +222,31 @@ def _generation_data(paths: BuildPaths, version: int) -> None:
         _coded_shard_set(paths, name, seed=seed + offset, kind="tasks", merged=True, **options)
         sampling_seeds[name] = seed + 10 + offset
     _write_backbone_shards(paths, f"backbone-generation{version}", sampling_seeds)
+    if version >= FIRST_ROUNDS_SET:
+        _write_round_shards(paths, f"gen{version}-interleaved", f"backbone-generation{version}-rounds", ROUND_SHARDS)
 
 
-def _stage_interleaved_rounds_data(paths: BuildPaths) -> None:
-    # Every round of set 14's interleaved requests as its own sequence, ending where the pipeline's round ends
-    # (the whole-sample form ends long after a text round's positions, so text rounds wrote wrong lengths).
+def _write_round_shards(paths: BuildPaths, source: str, out: str, num_shards: int) -> None:
+    """Every round of the interleaved requests in the first ``num_shards`` shards of ``<root>/shards/<source>``
+    as its own sequence (ending where the pipeline's round ends) -> ``<root>/shards/<out>``."""
     from unimask.data.loader import expand_shard_paths
     from unimask.data.writer import write_shards
     from unimask.shapes.backbone_samples import interleaved_round_records
 
-    folder = paths.shards("backbone-interleaved-rounds")
+    folder = paths.shards(out)
     if _done(folder):
         return
     _, _, builder = shapes_layout_and_builder(paths)
-    # The first 6000 requests (about 42000 round sequences): a third of the shards backbone_interleaved_rounds reads.
-    shards = expand_shard_paths([str(paths.shards("gen14-interleaved"))])[:6]
+    shards = expand_shard_paths([str(paths.shards(source))])[:num_shards]
     write_shards(interleaved_round_records(shards, builder, INTERLEAVED_TEXT_LENGTH), folder, max_count=2000)
     _mark(folder)
+
+
+def _stage_interleaved_rounds_data(paths: BuildPaths) -> None:
+    # Every round of set 14's interleaved requests as its own sequence (the whole-sample form ends long after a
+    # text round's positions, so text rounds wrote wrong lengths). The first 6000 requests (about 42000 round
+    # sequences): a third of the shards backbone_interleaved_rounds reads.
+    _write_round_shards(paths, "gen14-interleaved", "backbone-interleaved-rounds", 6)
 
 
 def _stage_decoder_data(paths: BuildPaths) -> None:

@@ -13,6 +13,7 @@ import yaml
 import unimask.configs
 
 __all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
+           "FIRST_ROUNDS_SET", "ROUND_SHARDS",
            "generation_parts", "ANSWER_LENGTH", "TAIL_EOS", "INTERLEAVED_TEXT_LENGTH",
            "BuildPaths", "recipe_path"]
 
@@ -29,7 +30,13 @@ GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
 # interleaved, too few for the model to copy a step's sentence from the request and stop after the last step.
 INTERLEAVED_PART = {"interleaved": (["interleaved"], (16000, 32))}
 FIRST_INTERLEAVED_SET = 14
-GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181}
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201}
+# From set 15 on, a set's data stage also cuts the first ROUND_SHARDS shards of its interleaved requests into the
+# interleaved pipeline's rounds (``backbone-generation<N>-rounds``); set 15's backbone stage continues the
+# ``backbone_interleaved_rounds`` model (set 14's rounds have their own stages, which come first), each later set's
+# the set before it.
+FIRST_ROUNDS_SET = 15
+ROUND_SHARDS = 3
 
 
 def generation_parts(version: int) -> dict[str, tuple[list[str] | None, tuple[int, int]]]:
@@ -43,8 +50,11 @@ STAGES = (
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
     "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "merged_backbone_data", "backbone_merged",
     "answer_data", "backbone_answers", "answer7_data", "backbone_answers7",
-    *(stage for version in GENERATION_SEEDS for stage in (f"generation{version}_data", f"backbone_generation{version}")),
+    *(stage for version in GENERATION_SEEDS if version < FIRST_ROUNDS_SET
+      for stage in (f"generation{version}_data", f"backbone_generation{version}")),
     "interleaved_rounds_data", "backbone_interleaved_rounds",
+    *(stage for version in GENERATION_SEEDS if version >= FIRST_ROUNDS_SET
+      for stage in (f"generation{version}_data", f"backbone_generation{version}")),
     "assemble",
 )
 RECIPES = {
