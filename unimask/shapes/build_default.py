@@ -51,6 +51,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_interleaved_rounds the backbone continued on set 14 + them (configs/shapes/backbone-interleaved-rounds.yaml)
     generation15_data an eighth set, and the rounds of 3000 of its interleaved requests -> <root>/shards/gen15-*, backbone-generation15(-rounds)
     backbone_generation15 the backbone_interleaved_rounds model continued on both (configs/shapes/backbone-generation15.yaml)
+    generation16_data a ninth set, cut the same way          -> <root>/shards/gen16-*, backbone-generation16(-rounds)
+    backbone_generation16 the backbone_generation15 model continued on both (configs/shapes/backbone-generation16.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -87,10 +89,10 @@ logger = logging.getLogger("unimask.shapes.build_default")
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison.
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet"
-# Which stage's backbone the pipeline ships (v16: v7 continued on seven fresh sets weighted to editing and
+# Which stage's backbone the pipeline ships (v17: v7 continued on seven fresh sets weighted to editing and
 # text-to-image, the seventh with interleaved requests, then on that set plus its interleaved requests cut into
-# the pipeline's rounds, then on an eighth set plus its rounds).
-BACKBONE_STAGE = "backbone_generation15"
+# the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds).
+BACKBONE_STAGE = "backbone_generation16"
 # The normal decoder (50 Euler steps) runs the same transformer (docs/model-card.md, "The draft network").
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):

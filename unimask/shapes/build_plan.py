@@ -30,7 +30,7 @@ GENERATION_PARTS = {"understanding": (["understanding"], (24000, 32)),
 # interleaved, too few for the model to copy a step's sentence from the request and stop after the last step.
 INTERLEAVED_PART = {"interleaved": (["interleaved"], (16000, 32))}
 FIRST_INTERLEAVED_SET = 14
-GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201}
+GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221}
 # From set 15 on, a set's data stage also cuts the first ROUND_SHARDS shards of its interleaved requests into the
 # interleaved pipeline's rounds (``backbone-generation<N>-rounds``); set 15's backbone stage continues the
 # ``backbone_interleaved_rounds`` model (set 14's rounds have their own stages, which come first), each later set's
