@@ -276,6 +276,22 @@ class TextToImagePipeline(_TaskPipeline):
         return image_specs, texts
 
 
+def _text_guidance_from_guidance_scale(options: dict[str, Any]) -> dict[str, Any]:
+    """Editing's call options with ``guidance_scale`` moved to ``text_guidance_scale`` (editing's sampler reads
+    only the text and image scales, so a ``guidance_scale`` left in place would be overwritten unseen)."""
+    if "guidance_scale" not in options:
+        return options
+    options = dict(options)
+    scale = options.pop("guidance_scale")
+    if "text_guidance_scale" in options and options["text_guidance_scale"] != scale:
+        raise ValueError(
+            f"guidance_scale={scale!r} and text_guidance_scale={options['text_guidance_scale']!r}: editing takes "
+            "guidance_scale as its text guidance scale; pass one of them"
+        )
+    options["text_guidance_scale"] = scale
+    return options
+
+
 class ImageEditPipeline(_TaskPipeline):
     """Edit one image, or compose several references, by an instruction (three-way guidance)."""
 
@@ -295,7 +311,9 @@ class ImageEditPipeline(_TaskPipeline):
     ) -> UniPipelineOutput | tuple:
         """prompt: instruction(s); image: per prompt one image or a list of references. The target grid is
         the first reference's unless height/width are given. Guidance: ``text_guidance_scale`` and
-        ``image_guidance_scale`` (three-way when the image scale is > 0, simple no-text CFG otherwise)."""
+        ``image_guidance_scale`` (three-way when the image scale is > 0, simple no-text CFG otherwise);
+        ``guidance_scale`` names the text scale, as in diffusers' instruction-editing pipelines."""
+        options = _text_guidance_from_guidance_scale(options)
         prompts = check_prompts(prompt)
         images = images_per_prompt(image, len(prompts))
         if any(not group for group in images):

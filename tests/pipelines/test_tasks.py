@@ -86,6 +86,25 @@ def test_edit_single_three_way_and_multi_reference(pipe, image):
     assert multi.token_ids[0].tolist().count(layout.image_start_id) == 3  # two references + the target
 
 
+def test_edit_reads_guidance_scale_as_its_text_guidance_scale(pipe, image, monkeypatch):
+    # Editing's sampler reads text_guidance_scale; a guidance_scale must set it, not be overwritten unseen.
+    seen = []
+    edit = pipe.edit
+    real_sample = edit.sample
+
+    def recording_sample(specs, options, *rest):
+        seen.append(options)
+        return real_sample(specs, options, *rest)
+
+    monkeypatch.setattr(edit, "sample", recording_sample)
+    edit("Make it blue", image, guidance_scale=0.25, steps=2, output_type="tokens")
+    edit("Make it blue", image, text_guidance_scale=0.25, guidance_scale=0.25, steps=2, output_type="tokens")
+    assert [options["guidance_scale"] for options in seen] == [0.25, 0.25]
+    assert all(options["text_guidance_scale"] == 0.25 for options in seen)
+    with pytest.raises(ValueError, match="guidance_scale=0.25 and text_guidance_scale=2.0"):
+        edit("Make it blue", image, guidance_scale=0.25, text_guidance_scale=2.0)
+
+
 def test_chat_single_batched_and_multi_turn(pipe, image):
     out = pipe(["hello", "tell me a story"], output="text")
     assert out.task == "chat" and len(out.texts) == 2
