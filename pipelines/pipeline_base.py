@@ -35,6 +35,19 @@ from unimask.unimodal.sampler_config import SamplerConfig, SamplingStats
 StepCallback = Callable[["UniPipelineBase", int, int, dict], Any]
 
 
+def _shared_if_same(current: torch.nn.Module, loaded: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``current`` when ``loaded`` holds exactly its weights (one copy on the device), else ``loaded`` moved
+    to ``device`` and ``current``'s dtype."""
+    mine, theirs = current.state_dict(), loaded.state_dict()
+    if mine.keys() == theirs.keys() and all(
+        mine[name].shape == theirs[name].shape and torch.equal(mine[name].cpu(), theirs[name].to(mine[name].dtype).cpu())
+        for name in mine
+    ):
+        return current
+    dtype = next(current.parameters()).dtype
+    return loaded.to(device=device, dtype=dtype)
+
+
 class StageStats:
     """Collects per-stage statistics of one call: NFE, wall time and the sampler's `SamplingStats`."""
 
@@ -357,8 +370,9 @@ class UniPipelineBase(DiffusionPipeline):
         return {"stage": stage, "sequences": sequences, "token_grids": grids, "preview": preview}
 
     def decoder_for(self, variant: str) -> SemanticImageDecoder:
-        """The loaded decoder of ``variant``; loads it from the source checkpoint on first use (sharing the
-        current decoder's SigVQ module and VAE). Raises ``ValueError`` when it cannot be had."""
+        """The loaded decoder of ``variant``; loads it from the source checkpoint on first use, sharing the
+        current decoder's SigVQ module and VAE where the saved ones hold the same weights (a checkpoint whose
+        decoders were trained apart keeps each its own). Raises ``ValueError`` when it cannot be had."""
         if variant in self._decoders:
             return self._decoders[variant]
         if variant not in ("turbo", "normal"):
@@ -370,10 +384,11 @@ class UniPipelineBase(DiffusionPipeline):
             )
         root, layout = self._source
         loaded = load_decoder(root, layout, variant, self.decoder.dtype if layout == OFFICIAL_LAYOUT else None)
+        device = self.decoder.device
         shared = SemanticImageDecoder(
-            sigvq=self.decoder.sigvq,
-            transformer=loaded.transformer.to(self.decoder.device),
-            vae=self.decoder.vae,
+            sigvq=_shared_if_same(self.decoder.sigvq, loaded.sigvq, device),
+            transformer=loaded.transformer.to(device),
+            vae=_shared_if_same(self.decoder.vae, loaded.vae, device),
             scheduler=loaded.scheduler,
             decoder_variant=variant,
             draft_strength=loaded.config.draft_strength,

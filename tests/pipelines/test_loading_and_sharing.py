@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from unimask.pipelines import (
     UnderstandingPipeline,
     UniPipeline,
 )
+from unimask.decoders.semantic_decoder import SemanticImageDecoder
 from unimask.pipelines.checkpoint_loading import detect_layout
 from unimask.tokenizers.token_layout import IMAGE_START_TOKEN, ROLE_HUMAN, size_token_string
 
@@ -79,6 +81,25 @@ def test_normal_decoder_loads_lazily_and_shares_vae(pipe, tiny_root):
     normal = local.decoder_for("normal")
     assert normal.vae is local.decoder.vae and normal.sigvq is local.decoder.sigvq
     assert normal.transformer is not local.decoder.transformer
+
+
+def test_a_normal_decoder_with_its_own_draft_keeps_it_when_loaded(tiny_root, tmp_path):
+    # Decoders trained apart (the shipped turbo one has its own draft network) must not be given the loaded
+    # decoder's SigVQ; the identical VAE is still shared.
+    local = UniPipeline.from_pretrained(tiny_root)
+    normal = local.decoder_for("normal")
+    own_sigvq = copy.deepcopy(normal.sigvq)
+    with torch.no_grad():
+        for parameter in own_sigvq.parameters():
+            parameter.add_(0.5)
+    local._decoders["normal"] = SemanticImageDecoder(sigvq=own_sigvq, transformer=normal.transformer, vae=normal.vae,
+                                                     scheduler=normal.scheduler, decoder_variant="normal")
+    local.save_pretrained(tmp_path / "saved")
+    loaded = UniPipeline.from_pretrained(tmp_path / "saved")
+    reloaded = loaded.decoder_for("normal")
+    assert reloaded.sigvq is not loaded.decoder.sigvq and reloaded.vae is loaded.decoder.vae
+    for name, tensor in own_sigvq.state_dict().items():
+        assert torch.equal(reloaded.sigvq.state_dict()[name], tensor), name
 
 
 def test_unknown_directory_raises(tmp_path):
