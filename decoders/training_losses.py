@@ -7,7 +7,8 @@ Batch keys (all stages):
 
 `decoder_parts` is anything with `sigvq`, `transformer` and `vae` attributes (a
 `SemanticImageDecoder`). SigVQ and VAE stay frozen in flow matching; only the transformer gets
-gradients (and a SigVQ draft network, through its own regression loss `draft_loss`). `vae_loss`
+gradients (and a SigVQ draft network, through its own regression loss `draft_loss`, or
+`draft_pixel_loss` through the frozen VAE decoder). `vae_loss`
 trains the VAE itself (reconstruction + KL, no perceptual term).
 """
 
@@ -128,6 +129,36 @@ def draft_loss(decoder_parts, batch: dict, generator: torch.Generator | None = N
     draft = decoder_parts.sigvq.draft_latents(batch["token_grids"], tuple(data.shape[-2:]))
     loss = _draft_regression(draft, data.to(draft.device))
     return loss, {"draft_loss": float(loss.detach())}
+
+
+def draft_pixel_loss(decoder_parts, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean absolute error, in pixels, between the batch images and the SigVQ draft network's draft decoded
+    by the frozen VAE (gradients flow through the VAE decoder into the network); the transformer is not run.
+
+    Why pixels and L1: `draft_loss` weighs errors in latent space, where a small error can decode to a wrong
+    colour or a missing object edge; L1 in pixels weighs them where the image shows them, and per pixel it is
+    minimised by the median, which for flat-coloured images is the likelier value rather than a blend.
+    Returns (scalar loss, metrics with ``draft_pixel_loss``).
+
+    Raises:
+        ValueError: the SigVQ has no draft network, or the batch does not fit the decoder.
+    """
+    from unimask.decoders.vae_latents import decode_latents
+
+    check_decoder_batch(batch, decoder_parts)
+    if not getattr(decoder_parts.sigvq, "has_draft_network", False):
+        raise ValueError("draft_pixel_loss needs a SigVQ with a draft network (draft_layers > 0)")
+    pixels = batch["pixel_values"]
+    factor = vae_downsampling_factor(decoder_parts.vae)
+    latent_size = (pixels.shape[2] // factor, pixels.shape[3] // factor)
+    draft = decoder_parts.sigvq.draft_latents(batch["token_grids"], latent_size)
+    if draft.shape[1] != decoder_parts.vae.config.latent_channels:
+        raise ValueError(f"the draft network writes {draft.shape[1]} channels, the VAE decodes "
+                         f"{decoder_parts.vae.config.latent_channels}; sigvq.draft_channels must equal them")
+    images = decode_latents(decoder_parts.vae, draft)  # [0, 1]
+    target = (pixels.to(images.device, images.dtype) + 1.0) / 2.0
+    loss = (images - target).abs().mean()
+    return loss, {"draft_pixel_loss": float(loss.detach())}
 
 
 def _draft_regression(draft: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
 from unimask.decoders.draft_network import DraftNetwork
 from unimask.decoders.semantic_decoder import SemanticImageDecoder
 from unimask.decoders.sigvq import SigVQEmbedding
-from unimask.decoders.training_losses import draft_loss, flow_matching_loss
+from unimask.decoders.training_losses import draft_loss, draft_pixel_loss, flow_matching_loss
 from unimask.decoders.vae_latents import decode_latents
 from unimask.training.recipe import DataSection, TrainRecipe
 from unimask.training.stage_decoder_flow import DecoderFlowStage
@@ -81,6 +81,43 @@ def test_draft_loss_trains_only_the_draft_network(network_decoder, make_grids):
         draft_loss(build_decoder("tiny", seed=1), pixel_batch(make_grids))
 
 
+def test_draft_pixel_loss_is_the_l1_of_the_decoded_draft_and_trains_only_the_network(network_decoder, make_grids):
+    network_decoder.sigvq.draft_network.requires_grad_(True)
+    network_decoder.transformer.requires_grad_(True)
+    network_decoder.vae.requires_grad_(False)
+    batch = pixel_batch(make_grids)
+    loss, metrics = draft_pixel_loss(network_decoder, batch)
+    loss.backward()
+    with torch.no_grad():
+        draft = network_decoder.sigvq.draft_latents(batch["token_grids"], (4, 4))
+        expected = (decode_latents(network_decoder.vae, draft) - (batch["pixel_values"] + 1) / 2).abs().mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert metrics == {"draft_pixel_loss": pytest.approx(float(expected), rel=1e-5)}
+    # the gradient reaches the network through the frozen VAE decoder, and nothing else
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network_decoder.sigvq.draft_network.head.parameters())
+    assert all(p.grad is None for p in network_decoder.transformer.parameters())
+    assert all(p.grad is None for p in network_decoder.vae.parameters())
+    with pytest.raises(ValueError, match="draft network"):
+        draft_pixel_loss(build_decoder("tiny", seed=1), pixel_batch(make_grids))
+
+
+def test_a_few_pixel_loss_steps_fit_images_the_vae_can_draw(network_decoder, make_grids):
+    torch.manual_seed(0)
+    grids = make_grids()
+    with torch.no_grad():  # targets the frozen VAE can draw: another network's decoded draft
+        target = decode_latents(network_decoder.vae, torch.randn(2, DRAFT_CHANNELS, 1, 4, 4))
+    batch = {"pixel_values": target * 2 - 1, "token_grids": grids}
+    network = network_decoder.sigvq.draft_network.requires_grad_(True)
+    start = float(draft_pixel_loss(network_decoder, batch)[0].detach())
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss, _ = draft_pixel_loss(network_decoder, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(draft_pixel_loss(network_decoder, batch)[0].detach()) < 0.7 * start
+
+
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_flow_loss_reads_the_draft_detached_and_adds_its_regression(network_decoder, make_grids, weight):
     network_decoder.sigvq.draft_network.requires_grad_(True)
@@ -141,6 +178,13 @@ def test_decoder_flow_continues_a_patch_draft_decoder_with_a_network(tmp_path):
                                       "token_grids": torch.randint(0, 64, (2, 2, 2))})
     assert set(metrics) == {"draft_loss"}
 
+    pixel = DecoderFlowStage(_recipe(tmp_path, network_path, init=str(tmp_path / "decoder"), draft_only=True,
+                                     draft_objective="pixel_l1"))
+    model = pixel.build_model()
+    _, metrics = pixel.loss(model, {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1,
+                                    "token_grids": torch.randint(0, 64, (2, 2, 2))})
+    assert set(metrics) == {"draft_pixel_loss"}
+
 
 def test_a_draft_network_must_write_the_latent_channels(tmp_path):
     preset = network_preset()
@@ -156,6 +200,8 @@ def test_a_draft_network_must_write_the_latent_channels(tmp_path):
         ("tiny", {"draft_only": True}, "draft network"),
         ("network", {"draft_only": "yes"}, "draft_only"),
         ("network", {"draft_loss_weight": -1.0}, "draft_loss_weight"),
+        ("network", {"draft_only": True, "draft_objective": "pixel_l2"}, "draft_objective must be one of"),
+        ("network", {"draft_objective": "pixel_l1"}, "needs draft_only"),
     ],
 )
 def test_decoder_flow_refuses_bad_draft_options(tmp_path, preset, options, message):

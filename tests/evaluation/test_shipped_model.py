@@ -57,19 +57,22 @@ NUM_PER_TYPE = 4
 # 28 edits here, but 0.25 at 60 a type as v15's 0.26 (docs/model-card.md), so its floor asks for two edits.
 # v17 (v16 continued 5400 steps on a ninth set plus its rounds): understanding 0.89 / 0.64, turbo strict 0.75 / 0.25
 # and soft 0.95 / 0.83, normal soft 0.98 / 0.83, editing 0.36 / 0.18.
+# v17 with the pixel-trained draft (2026-12-06: only the decoders' draft network changed): understanding 0.89 / 0.64,
+# turbo strict 0.75 / 0.00 and soft 0.95 / 0.81, normal soft 0.93 / 0.78, editing 0.43 / 0.29 (0.49 / 0.31 at 60 a
+# type), so the editing floors rise to about two thirds of those.
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.75,
         "text_to_image_turbo_strict": 0.2,
         "text_to_image_turbo_soft": 0.75,
         "text_to_image_normal_soft": 0.7,
-        "editing_accuracy": 0.15,
+        "editing_accuracy": 0.3,
     },
     "held_out": {
         "understanding_accuracy": 0.55,
         "text_to_image_turbo_soft": 0.65,
         "text_to_image_normal_soft": 0.7,
-        "editing_accuracy": 0.07,
+        "editing_accuracy": 0.14,
     },
 }
 # The turbo decoder must draw what the codes say: the consistency-distilled one it replaced read back the
@@ -137,8 +140,9 @@ def test_shipped_turbo_decoder_keeps_the_prompted_background(results, split):
 def test_decoder_draws_true_code_grids(shipped):
     from unimask.shapes.decoder_check import true_grid_scores
 
-    # 2026-12-03: strict 0.63 / soft 0.94 on 300 scenes (0.68 from the draft alone, 0.45 sampling from noise)
+    # 2026-12-03: strict 0.63 / soft 0.94 on 300 scenes (0.68 from the draft alone, 0.45 sampling from noise);
+    # 2026-12-06, the pixel-trained draft: 0.72 / 0.96 on 300 scenes, 0.72 / 0.97 on these 32
     scores = true_grid_scores(shipped, count=32)
-    assert scores["count"] == 32 and scores["strict"] >= 0.45 and scores["soft"] >= 0.85
+    assert scores["count"] == 32 and scores["strict"] >= 0.6 and scores["soft"] >= 0.9
     with pytest.raises(ValueError, match="count"):
         true_grid_scores(shipped, count=0)

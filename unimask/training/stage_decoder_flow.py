@@ -16,7 +16,10 @@ draft patches (``sigvq.draft_channels``) may continue a decoder without them: th
 start at zero weight, so training starts from exactly the earlier decoder's predictions. A preset
 with a draft network (``sigvq.draft_layers``) trains it by regression to the clean latents beside
 the flow loss, weighted ``draft_loss_weight`` (default 1.0); ``draft_only: true`` trains that network
-alone (the transformer is neither run nor changed), which is far cheaper a step.
+alone (the transformer is neither run nor changed), which is far cheaper a step. ``draft_objective``
+(with ``draft_only``) picks that network's loss: ``"latent_mse"`` (default, ``draft_loss``) or
+``"pixel_l1"`` (``draft_pixel_loss``: L1 in pixels through the frozen VAE decoder, which weighs the
+draft's errors where the decoded image shows them).
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -34,7 +37,10 @@ from unimask.config import ConfigError
 from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
 from unimask.training.stages import Stage
 
-__all__ = ["DecoderParts", "DecoderFlowStage", "decoder_pixel_batch"]
+__all__ = ["DecoderParts", "DecoderFlowStage", "decoder_pixel_batch", "DRAFT_OBJECTIVES"]
+
+# The draft network's losses under ``draft_only``: latent regression, or L1 in pixels through the VAE decoder.
+DRAFT_OBJECTIVES = ("latent_mse", "pixel_l1")
 
 
 class DecoderParts(nn.Module):
@@ -111,7 +117,7 @@ class DecoderFlowStage(Stage):
     trainable: tuple[str, ...] = ("transformer",)
     option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None,
                                        "init": None, "time_shift": REFERENCE_TIME_SHIFT, "draft_loss_weight": 1.0,
-                                       "draft_only": False}
+                                       "draft_only": False, "draft_objective": "latent_mse"}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -141,6 +147,12 @@ class DecoderFlowStage(Stage):
             raise ConfigError(f"stage_options.draft_only must be true or false, got {draft_only!r}")
         if draft_only and not self.preset.get("sigvq", {}).get("draft_layers"):
             raise ConfigError("stage_options.draft_only needs a preset whose sigvq has a draft network (draft_layers > 0)")
+        objective = self.options.get("draft_objective", "latent_mse")
+        if objective not in DRAFT_OBJECTIVES:
+            raise ConfigError(f"stage_options.draft_objective must be one of {list(DRAFT_OBJECTIVES)}, got {objective!r}")
+        if objective != "latent_mse" and not draft_only:
+            raise ConfigError(f"stage_options.draft_objective={objective!r} needs draft_only: true (the flow loss "
+                              "trains the draft network by latent regression)")
         init_vae = self.options.get("init_vae")
         if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
             raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
@@ -180,9 +192,11 @@ class DecoderFlowStage(Stage):
         return decoder_pixel_batch(samples, self.multiplier)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from unimask.decoders.training_losses import draft_loss, flow_matching_loss
+        from unimask.decoders.training_losses import draft_loss, draft_pixel_loss, flow_matching_loss
 
         if self.options.get("draft_only"):
+            if self.options.get("draft_objective", "latent_mse") == "pixel_l1":
+                return draft_pixel_loss(model, batch)
             return draft_loss(model, batch)
         return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"],
                                   time_shift=float(self.options["time_shift"]),
