@@ -115,6 +115,13 @@ def flow_matching_loss(
     return loss, metrics
 
 
+def _check_draft_batch(decoder_parts, batch: dict, loss_name: str) -> None:
+    """Raise `ValueError` when the batch does not fit the decoder or its SigVQ has no draft network."""
+    check_decoder_batch(batch, decoder_parts)
+    if not getattr(decoder_parts.sigvq, "has_draft_network", False):
+        raise ValueError(f"{loss_name} needs a SigVQ with a draft network (draft_layers > 0)")
+
+
 def draft_loss(decoder_parts, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Regression of the SigVQ draft network's latents to the clean VAE latents of the batch images
     (mean squared error); the transformer is not run. Returns (scalar loss, metrics).
@@ -122,9 +129,7 @@ def draft_loss(decoder_parts, batch: dict, generator: torch.Generator | None = N
     Raises:
         ValueError: the SigVQ has no draft network.
     """
-    check_decoder_batch(batch, decoder_parts)
-    if not getattr(decoder_parts.sigvq, "has_draft_network", False):
-        raise ValueError("draft_loss needs a SigVQ with a draft network (draft_layers > 0)")
+    _check_draft_batch(decoder_parts, batch, "draft_loss")
     data = encode_pixels(decoder_parts.vae, batch["pixel_values"], generator=generator)
     draft = decoder_parts.sigvq.draft_latents(batch["token_grids"], tuple(data.shape[-2:]))
     loss = _draft_regression(draft, data.to(draft.device))
@@ -145,9 +150,7 @@ def draft_pixel_loss(decoder_parts, batch: dict) -> tuple[torch.Tensor, dict[str
     """
     from unimask.decoders.vae_latents import decode_latents
 
-    check_decoder_batch(batch, decoder_parts)
-    if not getattr(decoder_parts.sigvq, "has_draft_network", False):
-        raise ValueError("draft_pixel_loss needs a SigVQ with a draft network (draft_layers > 0)")
+    _check_draft_batch(decoder_parts, batch, "draft_pixel_loss")
     pixels = batch["pixel_values"]
     factor = vae_downsampling_factor(decoder_parts.vae)
     latent_size = (pixels.shape[2] // factor, pixels.shape[3] // factor)
