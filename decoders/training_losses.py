@@ -143,6 +143,8 @@ def draft_pixel_loss(decoder_parts, batch: dict) -> tuple[torch.Tensor, dict[str
     Why pixels and L1: `draft_loss` weighs errors in latent space, where a small error can decode to a wrong
     colour or a missing object edge; L1 in pixels weighs them where the image shows them, and per pixel it is
     minimised by the median, which for flat-coloured images is the likelier value rather than a blend.
+    batch: ``pixel_values`` (B, 3, H, W) in [-1, 1] and ``token_grids`` (B, h, w) int64; the draft is
+    (B, C, 1, H / f, W / f) for the VAE's downsampling f and decodes to (B, 3, H, W) in [0, 1].
     Returns (scalar loss, metrics with ``draft_pixel_loss``).
 
     Raises:
