@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,28 @@ def show_tab(page: Any, task: str) -> None:
     page.wait_for_selector(_RUN_BUTTON[task], state="visible", timeout=PAGE_TIMEOUT_MS)
 
 
+def open_advanced(page: Any) -> None:
+    """Open the advanced options panel and wait until its fields are shown."""
+    page.locator("#advanced").get_by_text("Advanced options").first.click()
+    page.wait_for_selector("#opt-seed", state="visible", timeout=PAGE_TIMEOUT_MS)
+
+
+def fill_field(field: Any, text: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    """Type ``text`` into ``field`` (a Playwright locator of an input or textarea) and leave it, so Gradio
+    commits the value. Retypes until the field still holds ``text`` a moment later: a Gradio field that is
+    mounted or re-rendered just after the typing (a panel opening) resets itself to its last committed value.
+    Raises ``TimeoutError`` when ``text`` does not stay within ``timeout_ms``."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        field.fill(text)
+        field.press("Tab")
+        field.page.wait_for_timeout(500)
+        if field.input_value() == text:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the field kept resetting; it holds {field.input_value()!r}, not {text!r}")
+
+
 def run_tab(page: Any, task: str, text: str | None = None, timeout_ms: int = RESULT_TIMEOUT_MS) -> None:
     """Show ``task``'s tab, optionally replace its prompt / question / message with ``text``, press its
     button and wait (at most ``timeout_ms``) until the result is rendered."""
@@ -78,7 +101,7 @@ def run_tab(page: Any, task: str, text: str | None = None, timeout_ms: int = RES
     if text is not None:
         field = {"understanding": "#understanding-question", "text_to_image": "#t2i-prompt", "editing": "#edit-prompt",
                  "interleaved": "#interleaved-prompt", "chat": "#chat-message"}[task]
-        page.locator(f"{field} textarea").fill(text)
+        fill_field(page.locator(f"{field} textarea"), text)
     page.locator(_RUN_BUTTON[task]).click()
     predicate, selector = _RESULT_READY[task]
     page.wait_for_function(predicate, arg=selector, timeout=timeout_ms)
@@ -111,8 +134,7 @@ def capture_tabs(url: str, output_dir: str | Path) -> list[Path]:
                 page.screenshot(path=str(path), full_page=True)
                 written.append(path)
             show_tab(page, "text_to_image")
-            page.locator("#advanced").get_by_text("Advanced options").first.click()
-            page.wait_for_selector("#opt-seed", state="visible", timeout=PAGE_TIMEOUT_MS)
+            open_advanced(page)
             path = output / "advanced.png"
             page.screenshot(path=str(path), full_page=True)
             written.append(path)

@@ -64,18 +64,16 @@ def test_understanding_renders_the_answer(browser_page, launched):
 
 def test_advanced_option_reaches_the_pipeline(browser_page):
     """A value typed into the advanced panel is passed to the pipeline: 0 steps is refused with its name."""
-    from unimask.web_demo_screenshots import PAGE_TIMEOUT_MS, show_tab
+    from unimask.web_demo_screenshots import PAGE_TIMEOUT_MS, fill_field, open_advanced, show_tab
 
     page = browser_page
     show_tab(page, "text_to_image")
-    page.locator("#advanced").get_by_text("Advanced options").first.click()
+    open_advanced(page)
     steps = page.locator("#opt-num_inference_steps textarea, #opt-num_inference_steps input").first
-    steps.fill("0")
-    steps.press("Tab")  # leave the field so Gradio commits the value before the click reads it
-    assert steps.input_value() == "0"
+    fill_field(steps, "0")
     try:
         page.locator("#t2i-run").click()
         toast = page.locator(".toast-body").filter(has_text="num_inference_steps")
         toast.first.wait_for(state="visible", timeout=PAGE_TIMEOUT_MS)
     finally:
-        steps.fill("")
+        fill_field(steps, "")
