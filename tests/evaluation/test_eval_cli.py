@@ -7,7 +7,7 @@ import json
 import pytest
 
 from unimask.cli import main
-from unimask.shapes.evaluate import RESULT_KEYS, evaluate
+from unimask.shapes.evaluate import RESULT_KEYS, evaluate, sample_prompt
 from unimask.shapes.language import EDIT_KINDS, QUESTION_KINDS
 from unimask.shapes.tasks import TASKS
 
@@ -76,6 +76,43 @@ def test_eval_results_do_not_depend_on_batch_size(tiny_pipe):
     together = evaluate(tiny_pipe, batch_size=64, **kwargs)["records"]
     apart = evaluate(tiny_pipe, batch_size=3, **kwargs)["records"]
     assert [r["predicted"] for r in together] == [r["predicted"] for r in apart]
+
+
+def test_a_sample_is_generated_alike_whatever_else_the_suite_holds(tiny_pipe, monkeypatch):
+    """Sampling seeds follow the sample (`sample_seed`), not its place in the suite: text-to-image alone at one
+    per type gets the seeds the first draws of a larger, mixed suite get."""
+    import unimask.shapes.evaluate as evaluation
+
+    seeds_by_prompt: list[tuple[str, int]] = []
+    call_pipeline = evaluation._call_pipeline
+
+    def recording(pipe, task, batch, generator, options):
+        seeds_by_prompt.extend((sample_prompt(s), g.initial_seed()) for s, g in zip(batch, generator))
+        return call_pipeline(pipe, task, batch, generator, options)
+
+    monkeypatch.setattr(evaluation, "_call_pipeline", recording)
+    kwargs = {"decoders": ["codes"], "seed": 4, "progress": False, "include_records": True}
+    alone = evaluate(tiny_pipe, tasks=["text_to_image"], num_per_type=1, **kwargs)["records"]
+    alone_seeds = list(seeds_by_prompt)
+    seeds_by_prompt.clear()
+    mixed = evaluate(tiny_pipe, tasks=["understanding", "text_to_image"], num_per_type=2, **kwargs)["records"]
+    assert [r["draw"] for r in alone] == [0, 0] and len(alone_seeds) == 2
+    assert all(pair in seeds_by_prompt for pair in alone_seeds)
+    first_draws = [r for r in mixed if r["task"] == "text_to_image" and r["draw"] == 0]
+    assert [r["predicted"] for r in alone] == [r["predicted"] for r in first_draws]
+    assert len({seed for _, seed in seeds_by_prompt}) == len(seeds_by_prompt)
+
+
+def test_sample_seed_names_its_sample():
+    from unimask.shapes.evaluate import build_evaluation_suite, sample_seed
+
+    suite = build_evaluation_suite(seed=0, num_per_type=2, tasks=["editing"])
+    seeds = [sample_seed(0, sample) for sample in suite]
+    assert len(set(seeds)) == len(seeds) and all(0 <= value < 2**63 for value in seeds)
+    assert seeds == [sample_seed(0, sample) for sample in build_evaluation_suite(0, 2, ["editing"])]
+    assert sample_seed(1, suite[0]) != seeds[0]
+    with pytest.raises(ValueError, match="draw"):
+        sample_seed(0, {key: value for key, value in suite[0].items() if key != "draw"})
 
 
 def test_codes_reader_scores_text_to_image_without_the_decoder(tiny_pipe):

@@ -37,6 +37,8 @@ def test_suite_is_balanced_by_type_and_split():
     expected = {(task, kind, split) for task, kinds in TASK_KINDS.items() for kind in kinds
                 for split in ("in_distribution", "held_out")}
     assert set(counts) == expected and set(counts.values()) == {2}
+    draws = Counter((s["task"], s["kind"], s["split"], s["draw"]) for s in suite)
+    assert {key[3] for key in draws} == {0, 1} and set(draws.values()) == {1}
     assert set(TASK_KINDS["understanding"]) == set(QUESTION_KINDS)
     assert set(TASK_KINDS["editing"]) == set(EDIT_KINDS)
     for sample in suite:

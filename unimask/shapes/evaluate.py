@@ -25,6 +25,7 @@ a held-out colour-shape pair, ``purple triangle`` or ``orange circle``), reporte
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -108,7 +109,8 @@ def build_evaluation_suite(seed: int, num_per_type: int, tasks: Sequence[str] = 
     seed: any int (the suite is a pure function of it). num_per_type: >= 1. tasks: subset of `TASKS`.
     Types are `TASK_KINDS` (question kinds, edit kinds; one type for the other tasks). Every (task, kind,
     split) draws from its own seeded stream, so a larger ``num_per_type`` extends the suite. Returns
-    sample dicts in the `unimask.shapes.tasks` format plus ``kind`` and ``split``.
+    sample dicts in the `unimask.shapes.tasks` format plus ``kind``, ``split`` and ``draw`` (the sample's
+    place in its stream, which with ``seed`` fixes its sampling seed: `sample_seed`).
     """
     if not isinstance(num_per_type, int) or isinstance(num_per_type, bool) or num_per_type < 1:
         raise ValueError(f"num_per_type={num_per_type!r} must be an int >= 1")
@@ -121,7 +123,7 @@ def build_evaluation_suite(seed: int, num_per_type: int, tasks: Sequence[str] = 
                 for _ in range(MAX_DRAWS):
                     sample = _draw(task, kind, rng, held_out=split == "held_out")
                     if sample is not None:
-                        suite.append({**sample, "split": split})
+                        suite.append({**sample, "split": split, "draw": drawn})
                         drawn += 1
                         if drawn == num_per_type:
                             break
@@ -182,9 +184,21 @@ def _run_key(task: str, decoder: str | None) -> str:
     return f"{task}_{decoder}" if decoder else task
 
 
-def _generators(seed: int, indices: Sequence[int], device: torch.device) -> list[torch.Generator]:
-    """One generator per sample, seeded by its suite position, so results do not depend on batching."""
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + index) for index in indices]
+def sample_seed(seed: int, sample: dict[str, Any]) -> int:
+    """The sampling seed of one suite ``sample`` (from `build_evaluation_suite` with ``seed``): a pure function
+    of its task, kind, split and place in its stream, so a sample is generated the same way whatever else
+    the suite holds (other ``tasks``, a larger ``num_per_type``) and however it is batched. Returns an int in
+    [0, 2**63)."""
+    missing = [key for key in ("task", "kind", "split", "draw") if key not in sample]
+    if missing:
+        raise ValueError(f"sample lacks {missing}: pass samples from build_evaluation_suite")
+    name = f"unimask-eval-sample-{seed}-{sample['task']}-{sample['kind']}-{sample['split']}-{sample['draw']}"
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") >> 1
+
+
+def _generators(seed: int, samples: Sequence[dict[str, Any]], device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, seeded by `sample_seed`."""
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, sample)) for sample in samples]
 
 
 def _call_pipeline(pipe: Any, task: str, batch: list[dict[str, Any]], generator: list, options: dict[str, Any]):
@@ -263,11 +277,10 @@ def run_evaluation(
     options = dict(options or {})
     device = pipe._execution_device
     pipe.set_progress_bar_config(disable=True)
-    indexed = list(enumerate(suite))
     records: list[dict[str, Any]] = []
     sampling: dict[str, Any] = {}
     for task in TASKS:
-        task_samples = [(index, sample) for index, sample in indexed if sample["task"] == task]
+        task_samples = [sample for sample in suite if sample["task"] == task]
         if not task_samples:
             continue
         for decoder in decoders if task == "text_to_image" else (None,):
@@ -289,9 +302,8 @@ def run_evaluation(
             tally = SamplingTally()
             bar = tqdm(total=len(task_samples), desc=f"eval {key}", unit="sample", disable=not progress)
             for start in range(0, len(task_samples), batch_size):
-                chunk = task_samples[start : start + batch_size]
-                batch = [sample for _, sample in chunk]
-                generator = _generators(seed, [index for index, _ in chunk], device)
+                batch = task_samples[start : start + batch_size]
+                generator = _generators(seed, batch, device)
                 started = time.perf_counter()
                 output = _call_pipeline(pipe, task, batch, generator, call_options)
                 tally.add(output.stats, len(batch), time.perf_counter() - started)
@@ -434,11 +446,13 @@ def record_correct(record: dict[str, Any]) -> bool:
 
 
 def record_to_json(record: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-ready summary of one record: task, split, kind, decoder, prompt, expected, predicted, correct."""
+    """A JSON-ready summary of one record: task, split, kind, draw (its place in the suite's stream; None for
+    samples not drawn by `build_evaluation_suite`), decoder, prompt, expected, predicted, correct."""
     return {
         "task": record["task"],
         "split": record["split"],
         "kind": record["kind"],
+        "draw": record["sample"].get("draw"),
         "decoder": record["decoder"],
         "prompt": sample_prompt(record["sample"]),
         "expected": expected_text(record["sample"]),
