@@ -12,7 +12,7 @@ from unimask.decoders.decoder_presets import build_decoder, load_decoder_preset
 from unimask.decoders.draft_network import DraftNetwork
 from unimask.decoders.semantic_decoder import SemanticImageDecoder
 from unimask.decoders.sigvq import SigVQEmbedding
-from unimask.decoders.training_losses import draft_loss, draft_pixel_loss, flow_matching_loss
+from unimask.decoders.training_losses import draft_loss, draft_pixel_loss, flow_matching_loss, foreground_mask
 from unimask.decoders.vae_latents import decode_latents
 from unimask.training.recipe import DataSection, TrainRecipe
 from unimask.training.stage_decoder_flow import DecoderFlowStage
@@ -101,6 +101,40 @@ def test_draft_pixel_loss_is_the_l1_of_the_decoded_draft_and_trains_only_the_net
         draft_pixel_loss(build_decoder("tiny", seed=1), pixel_batch(make_grids))
 
 
+def test_foreground_mask_marks_pixels_unlike_the_top_left_one():
+    images = torch.full((2, 3, 8, 8), 0.5)
+    images[0, :, 2:5, 3:6] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)
+    images[1, 1, 6, 7] = 0.5 + 2 / 255  # one channel a step or two off is foreground
+    images[1, 0, 1, 1] = 0.5 + 0.002  # below a colour step is background (decoded-image noise)
+    mask = foreground_mask(images)
+    assert mask.shape == (2, 1, 8, 8)
+    expected = torch.zeros(2, 1, 8, 8)
+    expected[0, 0, 2:5, 3:6] = 1
+    expected[1, 0, 6, 7] = 1
+    assert torch.equal(mask, expected)
+
+
+def test_foreground_weight_weighs_the_pixels_unlike_the_background(network_decoder, make_grids):
+    batch = pixel_batch(make_grids)
+    batch["pixel_values"][:, :, :1, :1] = -1.0  # a black top-left pixel: the background colour
+    batch["pixel_values"][0, :, 4:10, 4:10] = -1.0  # a patch of background inside the first image too
+    plain, plain_metrics = draft_pixel_loss(network_decoder, batch)
+    weighted, metrics = draft_pixel_loss(network_decoder, batch, foreground_weight=3.0)
+    with torch.no_grad():
+        draft = network_decoder.sigvq.draft_latents(batch["token_grids"], (4, 4))
+        target = (batch["pixel_values"] + 1) / 2
+        error = (decode_latents(network_decoder.vae, draft) - target).abs()
+        weight = 1 + 2 * foreground_mask(target)
+        expected = (error * weight).sum() / (weight.sum() * 3)
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-4)
+    # the metric stays the plain L1, so logs of runs with and without the weight compare
+    assert metrics == {"draft_pixel_loss": pytest.approx(plain_metrics["draft_pixel_loss"], rel=1e-5)}
+    for bad in (0.5, True, "2"):
+        with pytest.raises(ValueError, match="foreground_weight"):
+            draft_pixel_loss(network_decoder, batch, foreground_weight=bad)
+
+
 def test_a_few_pixel_loss_steps_fit_images_the_vae_can_draw(network_decoder, make_grids):
     torch.manual_seed(0)
     grids = make_grids()
@@ -184,6 +218,10 @@ def test_decoder_flow_continues_a_patch_draft_decoder_with_a_network(tmp_path):
     _, metrics = pixel.loss(model, {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1,
                                     "token_grids": torch.randint(0, 64, (2, 2, 2))})
     assert set(metrics) == {"draft_pixel_loss"}
+    weighted = DecoderFlowStage(_recipe(tmp_path, network_path, init=str(tmp_path / "decoder"), draft_only=True,
+                                        draft_objective="pixel_l1", foreground_weight=2.0))
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "token_grids": torch.randint(0, 64, (2, 2, 2))}
+    assert float(weighted.loss(model, batch)[0]) == pytest.approx(float(draft_pixel_loss(model, batch, 2.0)[0]), rel=1e-5)
 
 
 def test_a_draft_network_must_write_the_latent_channels(tmp_path):
@@ -202,6 +240,8 @@ def test_a_draft_network_must_write_the_latent_channels(tmp_path):
         ("network", {"draft_loss_weight": -1.0}, "draft_loss_weight"),
         ("network", {"draft_only": True, "draft_objective": "pixel_l2"}, "draft_objective must be one of"),
         ("network", {"draft_objective": "pixel_l1"}, "needs draft_only"),
+        ("network", {"draft_only": True, "draft_objective": "pixel_l1", "foreground_weight": 0.5}, "foreground_weight"),
+        ("network", {"draft_only": True, "foreground_weight": 2.0}, "needs draft_objective: pixel_l1"),
     ],
 )
 def test_decoder_flow_refuses_bad_draft_options(tmp_path, preset, options, message):

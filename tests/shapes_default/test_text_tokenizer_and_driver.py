@@ -83,16 +83,19 @@ def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():
                                             str(BuildPaths().shards(f"backbone-generation{version}-rounds"))]
 
 
-def test_the_pixel_trained_draft_continues_decoder_draftnet():
-    # The decoders' stage keeps decoder_draftnet's transformer and trains only its draft network, so it must run
-    # after that stage and start from its export; both decoders ship it (one SigVQ, shared when loaded).
+def test_the_pixel_trained_drafts_continue_decoder_draftnet():
+    # The decoders' stages keep decoder_draftnet's transformer and train only its draft network, each from the
+    # export before it, so they must run in that order; both decoders ship the last (one SigVQ, shared when loaded).
     from unimask.shapes.build_default import NORMAL_TRANSFORMER_STAGE, TURBO_TRANSFORMER_STAGE
 
-    assert TURBO_TRANSFORMER_STAGE == NORMAL_TRANSFORMER_STAGE == "decoder_draftnet_pixel"
-    assert STAGES.index("decoder_draftnet_pixel") == STAGES.index("decoder_draftnet") + 1
-    recipe = yaml.safe_load(recipe_path("decoder_draftnet_pixel", BuildPaths()).read_text())
-    assert recipe["stage_options"]["init"] == str(BuildPaths().export("decoder_draftnet") / "decoder")
-    assert recipe["stage_options"]["draft_only"] is True and recipe["stage_options"]["draft_objective"] == "pixel_l1"
+    assert TURBO_TRANSFORMER_STAGE == NORMAL_TRANSFORMER_STAGE == "decoder_draftnet_foreground"
+    chain = ["decoder_draftnet", "decoder_draftnet_pixel", "decoder_draftnet_foreground"]
+    assert [STAGES.index(stage) for stage in chain] == list(range(STAGES.index(chain[0]), STAGES.index(chain[0]) + 3))
+    for before, stage in zip(chain, chain[1:]):
+        options = yaml.safe_load(recipe_path(stage, BuildPaths()).read_text())["stage_options"]
+        assert options["init"] == str(BuildPaths().export(before) / "decoder")
+        assert options["draft_only"] is True and options["draft_objective"] == "pixel_l1"
+    assert options["foreground_weight"] == 1.5
 
 
 def test_unknown_stage_raises(tmp_path):

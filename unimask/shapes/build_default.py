@@ -28,6 +28,7 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     decoder_draftnet_regress  a draft network regressing the latents from the codes (configs/shapes/decoder-draftnet-regress.yaml)
     decoder_draftnet the draft decoder continued on that network's draft (configs/shapes/decoder-draftnet-flow.yaml)
     decoder_draftnet_pixel  its draft network continued on L1 in pixels (configs/shapes/decoder-draftnet-pixel.yaml)
+    decoder_draftnet_foreground  that L1 with the foreground weighted 1.5 (configs/shapes/decoder-draftnet-foreground.yaml)
     merged_backbone_data  the backbone_data samples coded again by it -> <root>/shards/backbone-merged, ...
     backbone_merged  the backbone continued on them (configs/shapes/backbone-merged.yaml)
     answer_data      fresh samples coded by it, 2 in 3 questions -> <root>/shards/answers, answers-tasks, backbone-answers
@@ -90,15 +91,16 @@ logger = logging.getLogger("unimask.shapes.build_default")
 # turbo grid's noise levels, then given a draft network that regresses the latents from the codes); the
 # decoder_distill stage still trains the student, for comparison. decoder_draftnet_pixel keeps that transformer
 # and continues the draft network on L1 in pixels (true grids: strict 0.63 -> 0.72; docs/model-card.md, "The
-# pixel-trained draft").
-TURBO_TRANSFORMER_STAGE = "decoder_draftnet_pixel"
+# pixel-trained draft"), and decoder_draftnet_foreground continues it with the foreground weighted 1.5, so small
+# squares keep their corners (docs/model-card.md, "The foreground-weighted draft").
+TURBO_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
 # Which stage's backbone the pipeline ships (v17: v7 continued on seven fresh sets weighted to editing and
 # text-to-image, the seventh with interleaved requests, then on that set plus its interleaved requests cut into
 # the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds).
 BACKBONE_STAGE = "backbone_generation16"
 # The normal decoder (50 Euler steps) runs the same transformer and draft network (docs/model-card.md, "The draft
 # network"; with the pixel-trained draft, text-to-image at 50 a type: strict 0.42 / 0.10 -> 0.48 / 0.10).
-NORMAL_TRANSFORMER_STAGE = "decoder_draftnet_pixel"
+NORMAL_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
 # The turbo decoder starts from the draft network's draft noised to data time 0.75 (its last 2 of 8 steps):
 # sampling from noise lost exact scenes the draft had (true grids: 0.50 from noise, 0.71-0.73 from the draft).
 # The normal decoder keeps the reference sampler from noise.

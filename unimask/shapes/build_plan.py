@@ -48,7 +48,8 @@ def generation_parts(version: int) -> dict[str, tuple[list[str] | None, tuple[in
 STAGES = (
     "text_tokenizer", "caption_shards", "tokenizer_siglip", "tokenizer_vq", "tokenizer_probe", "coded_shards", "vae",
     "backbone_data", "backbone", "decoder_flow", "decoder_distill", "vae_decoder", "tokenizer_merge", "decoder_data",
-    "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "decoder_draftnet_pixel", "merged_backbone_data",
+    "decoder_draft", "decoder_draftnet_regress", "decoder_draftnet", "decoder_draftnet_pixel", "decoder_draftnet_foreground",
+    "merged_backbone_data",
     "backbone_merged",
     "answer_data", "backbone_answers", "answer7_data", "backbone_answers7",
     *(stage for version in GENERATION_SEEDS if version < FIRST_ROUNDS_SET
@@ -73,6 +74,7 @@ RECIPES = {
     "decoder_draftnet_regress": "decoder-draftnet-regress.yaml",
     "decoder_draftnet": "decoder-draftnet-flow.yaml",
     "decoder_draftnet_pixel": "decoder-draftnet-pixel.yaml",
+    "decoder_draftnet_foreground": "decoder-draftnet-foreground.yaml",
     "decoder_distill": "decoder-distill.yaml",
     "vae_decoder": "vae-decoder.yaml",
 }

@@ -19,7 +19,9 @@ the flow loss, weighted ``draft_loss_weight`` (default 1.0); ``draft_only: true`
 alone (the transformer is neither run nor changed), which is far cheaper a step. ``draft_objective``
 (with ``draft_only``) picks that network's loss: ``"latent_mse"`` (default, ``draft_loss``) or
 ``"pixel_l1"`` (``draft_pixel_loss``: L1 in pixels through the frozen VAE decoder, which weighs the
-draft's errors where the decoded image shows them).
+draft's errors where the decoded image shows them); with it, ``foreground_weight`` (default 1.0, in [1, 100])
+weighs the pixels that differ from the image's top-left (background) colour, so uncertain outlines keep
+their corners.
 Export: the trained transformer with ``save_pretrained`` in ``decoder/transformer`` plus the
 frozen ``sigvq``/``vae`` next to it (diffusers folders).
 """
@@ -117,7 +119,7 @@ class DecoderFlowStage(Stage):
     trainable: tuple[str, ...] = ("transformer",)
     option_defaults: dict[str, Any] = {"condition_dropout": 0.1, "resolution_multiplier": None, "variant": "normal", "init_vae": None,
                                        "init": None, "time_shift": REFERENCE_TIME_SHIFT, "draft_loss_weight": 1.0,
-                                       "draft_only": False, "draft_objective": "latent_mse"}
+                                       "draft_only": False, "draft_objective": "latent_mse", "foreground_weight": 1.0}
 
     def check_config(self) -> None:
         from unimask.decoders.decoder_presets import load_decoder_preset
@@ -153,6 +155,12 @@ class DecoderFlowStage(Stage):
         if objective != "latent_mse" and not draft_only:
             raise ConfigError(f"stage_options.draft_objective={objective!r} needs draft_only: true (the flow loss "
                               "trains the draft network by latent regression)")
+        foreground = self.options.get("foreground_weight", 1.0)
+        if isinstance(foreground, bool) or not isinstance(foreground, (int, float)) or not 1 <= foreground <= 100:
+            raise ConfigError(f"stage_options.foreground_weight must be a number in [1, 100], got {foreground!r}")
+        if foreground != 1 and objective != "pixel_l1":
+            raise ConfigError(f"stage_options.foreground_weight={foreground!r} weighs the pixel loss: it needs "
+                              "draft_objective: pixel_l1")
         init_vae = self.options.get("init_vae")
         if init_vae is not None and not (Path(init_vae) / "config.json").is_file():
             raise ConfigError(f"stage_options.init_vae={init_vae!r} is not a saved VAE folder (no config.json)")
@@ -196,7 +204,7 @@ class DecoderFlowStage(Stage):
 
         if self.options.get("draft_only"):
             if self.options.get("draft_objective", "latent_mse") == "pixel_l1":
-                return draft_pixel_loss(model, batch)
+                return draft_pixel_loss(model, batch, float(self.options.get("foreground_weight", 1.0)))
             return draft_loss(model, batch)
         return flow_matching_loss(model, batch, condition_dropout=self.options["condition_dropout"],
                                   time_shift=float(self.options["time_shift"]),
