@@ -89,6 +89,11 @@ def test_ambiguous_questions_are_not_asked():
     assert "what shape is at the top?" in texts and "what shape is at the bottom?" not in texts
     with pytest.raises(ValueError, match="kind"):
         sample_question(random.Random(0), scene, kind="location")
+    # kinds limits the draw to those kinds; a scene that allows none of them is an error
+    drawn = {sample_question(random.Random(i), scene, kinds=("shape", "count")).kind for i in range(30)}
+    assert drawn == {"shape", "count"}
+    with pytest.raises(ValueError, match="kinds"):
+        sample_question(random.Random(0), scene, kinds=("location",))
 
 
 def _interpret(scene, instruction):

@@ -4,10 +4,11 @@ deterministic, well formed, and never show a held-out pair in training."""
 import dataclasses
 import json
 import re
+from collections import Counter
 
 import pytest
 
-from unimask.shapes.language import sample_edit
+from unimask.shapes.language import QUESTION_KINDS, sample_edit
 from unimask.shapes.render import render
 from unimask.shapes.scene import Scene, ShapeObject
 from unimask.shapes.scoring import editing_score, interleaved_score, text_to_image_score, understanding_score
@@ -115,6 +116,21 @@ def test_samples_are_deterministic_and_well_formed():
         assert sample_to_json(sample) == record
     with pytest.raises(ValueError, match="tasks"):
         next(training_samples(seed=0, tasks=("painting",)))
+
+
+def test_question_kinds_weight_the_questions_and_leave_the_default_stream_alone():
+    hard = ("colour", "shape")
+    kinds = Counter(s["kind"] for s in training_samples(seed=5, num_samples=300, tasks=("understanding",),
+                                                        question_kinds=hard))
+    # only the named kinds, about evenly (a colour question needs a shape the scene holds once)
+    assert set(kinds) == set(hard) and min(kinds.values()) > 100
+    # naming every kind is the default, sample for sample
+    default = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100)]
+    named = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100, question_kinds=QUESTION_KINDS)]
+    assert json.dumps(default) == json.dumps(named)
+    for bad in ([], ["painting"], "colour"):
+        with pytest.raises(ValueError, match="question_kinds"):
+            next(training_samples(seed=0, question_kinds=bad))
 
 
 def test_evaluation_set_has_both_splits_for_every_task():

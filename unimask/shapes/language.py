@@ -116,18 +116,26 @@ def questions(scene: Scene) -> list[Question]:
     return asked
 
 
-def sample_question(rng: random.Random, scene: Scene, kind: str | None = None) -> Question:
-    """A random question about ``scene``: uniform over the kinds it allows, then over questions.
+def sample_question(
+    rng: random.Random, scene: Scene, kind: str | None = None, kinds: Sequence[str] = QUESTION_KINDS
+) -> Question:
+    """A random question about ``scene``: uniform over the ``kinds`` it allows, then over questions.
 
-    ``kind`` forces one kind from QUESTION_KINDS; ValueError when the scene allows none of it.
+    ``kind`` forces one kind from QUESTION_KINDS; ValueError when the scene allows none of it (or none of
+    ``kinds``, a non-empty subset of QUESTION_KINDS; ``describe`` is allowed by every scene).
     """
     if kind is not None and kind not in QUESTION_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {QUESTION_KINDS}")
+    if not kinds or any(name not in QUESTION_KINDS for name in kinds):
+        raise ValueError(f"kinds={list(kinds)} must be a non-empty subset of {QUESTION_KINDS}")
     by_kind: dict[str, list[Question]] = {}
     for question in questions(scene):
         by_kind.setdefault(question.kind, []).append(question)
     if kind is None:
-        kind = rng.choice([name for name in QUESTION_KINDS if name in by_kind])
+        allowed = [name for name in QUESTION_KINDS if name in by_kind and name in kinds]
+        if not allowed:
+            raise ValueError(f"kinds={list(kinds)} has no question with a unique answer in this scene")
+        kind = rng.choice(allowed)
     elif kind not in by_kind:
         raise ValueError(f"kind={kind!r} has no question with a unique answer in this scene")
     return rng.choice(by_kind[kind])

@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from unimask.shapes.language import (
+    QUESTION_KINDS,
     caption,
+    questions,
     sample_edit,
     sample_interleaved,
     sample_multi_reference,
@@ -31,9 +33,14 @@ TASKS: tuple[str, ...] = ("understanding", "text_to_image", "editing", "multi_re
 SPLITS: tuple[str, ...] = ("in_distribution", "held_out")
 
 
-def _understanding(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+def _understanding(
+    rng: random.Random, allow_held_out: bool, question_kinds: Sequence[str] = QUESTION_KINDS
+) -> dict[str, Any]:
     scene = sample_scene(rng, allow_held_out=allow_held_out)
-    question = sample_question(rng, scene)
+    # A scene that allows none of the kinds (a colour question needs a shape the scene holds once) is drawn again.
+    while not any(question.kind in question_kinds for question in questions(scene)):
+        scene = sample_scene(rng, allow_held_out=allow_held_out)
+    question = sample_question(rng, scene, kinds=question_kinds)
     return {"task": "understanding", "kind": question.kind, "images": [scene],
             "question": question.text, "answer": question.answer}
 
@@ -71,10 +78,21 @@ _GENERATORS = {
 }
 
 
-def sample_task(task: str, rng: random.Random, allow_held_out: bool = False) -> dict[str, Any]:
-    """One sample of ``task`` (in TASKS) drawn from ``rng``; held-out pairs only when allowed."""
+def _check_question_kinds(question_kinds: Sequence[str]) -> None:
+    if isinstance(question_kinds, str) or not question_kinds or any(k not in QUESTION_KINDS for k in question_kinds):
+        raise ValueError(f"question_kinds={question_kinds!r} must be a non-empty list of kinds from {QUESTION_KINDS}")
+
+
+def sample_task(
+    task: str, rng: random.Random, allow_held_out: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS
+) -> dict[str, Any]:
+    """One sample of ``task`` (in TASKS) drawn from ``rng``; held-out pairs only when allowed. An understanding
+    question's kind is drawn uniformly from ``question_kinds`` (those the scene allows)."""
     if task not in _GENERATORS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
+    if task == "understanding":
+        _check_question_kinds(question_kinds)
+        return _understanding(rng, allow_held_out, question_kinds)
     return _GENERATORS[task](rng, allow_held_out)
 
 
@@ -94,9 +112,11 @@ def sample_texts(sample: dict[str, Any]) -> list[str]:
 
 
 def training_samples(
-    seed: int, num_samples: int | None = None, tasks: Sequence[str] = TASKS
+    seed: int, num_samples: int | None = None, tasks: Sequence[str] = TASKS,
+    question_kinds: Sequence[str] = QUESTION_KINDS,
 ) -> Iterator[dict[str, Any]]:
-    """Training samples, tasks drawn uniformly from ``tasks``; endless when ``num_samples`` is None.
+    """Training samples, tasks drawn uniformly from ``tasks`` (questions' kinds from ``question_kinds``);
+    endless when ``num_samples`` is None.
 
     Deterministic given ``seed``; no sample holds a held-out (colour, shape) pair.
     """
@@ -105,10 +125,11 @@ def training_samples(
         raise ValueError(f"tasks={list(tasks)} must be a non-empty subset of {TASKS}")
     if num_samples is not None and num_samples < 0:
         raise ValueError(f"num_samples={num_samples} must be >= 0 or None")
+    _check_question_kinds(question_kinds)
     rng = random.Random(seed)
     produced = 0
     while num_samples is None or produced < num_samples:
-        yield sample_task(rng.choice(tuple(tasks)), rng)
+        yield sample_task(rng.choice(tuple(tasks)), rng, question_kinds=question_kinds)
         produced += 1
 
 
@@ -190,13 +211,14 @@ def _background_regions(scene: Scene, rng: random.Random, count: int) -> list[di
 
 def iter_samples(
     count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS, background_regions: int = 0,
-    patch_regions: bool = False,
+    patch_regions: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS,
 ) -> Iterator[dict[str, Any]]:
     """Shard samples (the ``unimask data write --generator shapes`` source), rendered at 128 px.
 
     ``kind="tasks"``: one training task sample per record; ``json`` is :func:`sample_to_json` of the
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
-    or steps). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
+    or steps; understanding questions' kinds drawn uniformly from ``question_kinds``, among those the scene
+    allows). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
     "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
     (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
     region loss; then, when ``background_regions`` > 0, up to that many free 16 px cells named
@@ -228,7 +250,7 @@ def iter_samples(
             record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": regions}
             yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene)]}
         return
-    for index, sample in enumerate(training_samples(seed, count, tasks)):
+    for index, sample in enumerate(training_samples(seed, count, tasks, question_kinds)):
         scenes = sample_scenes(sample)
         record = sample_to_json(sample)
         record["n_images"] = len(scenes)
