@@ -116,6 +116,12 @@ def questions(scene: Scene) -> list[Question]:
     return asked
 
 
+def check_question_kinds(kinds: Sequence[str], argument: str = "kinds") -> None:
+    """Raise ValueError, naming ``argument``, unless ``kinds`` is a non-empty list of QUESTION_KINDS (not a str)."""
+    if isinstance(kinds, str) or not kinds or any(name not in QUESTION_KINDS for name in kinds):
+        raise ValueError(f"{argument}={kinds!r} must be a non-empty list of kinds from {QUESTION_KINDS}")
+
+
 def sample_question(
     rng: random.Random, scene: Scene, kind: str | None = None, kinds: Sequence[str] = QUESTION_KINDS
 ) -> Question:
@@ -126,8 +132,7 @@ def sample_question(
     """
     if kind is not None and kind not in QUESTION_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {QUESTION_KINDS}")
-    if not kinds or any(name not in QUESTION_KINDS for name in kinds):
-        raise ValueError(f"kinds={list(kinds)} must be a non-empty subset of {QUESTION_KINDS}")
+    check_question_kinds(kinds)
     by_kind: dict[str, list[Question]] = {}
     for question in questions(scene):
         by_kind.setdefault(question.kind, []).append(question)

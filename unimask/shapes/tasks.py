@@ -21,6 +21,7 @@ from typing import Any
 from unimask.shapes.language import (
     QUESTION_KINDS,
     caption,
+    check_question_kinds,
     questions,
     sample_edit,
     sample_interleaved,
@@ -78,11 +79,6 @@ _GENERATORS = {
 }
 
 
-def _check_question_kinds(question_kinds: Sequence[str]) -> None:
-    if isinstance(question_kinds, str) or not question_kinds or any(k not in QUESTION_KINDS for k in question_kinds):
-        raise ValueError(f"question_kinds={question_kinds!r} must be a non-empty list of kinds from {QUESTION_KINDS}")
-
-
 def sample_task(
     task: str, rng: random.Random, allow_held_out: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS
 ) -> dict[str, Any]:
@@ -91,7 +87,8 @@ def sample_task(
     if task not in _GENERATORS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
     if task == "understanding":
-        _check_question_kinds(question_kinds)
+        # before _understanding, whose redraw of scenes would never end on kinds no scene allows
+        check_question_kinds(question_kinds, "question_kinds")
         return _understanding(rng, allow_held_out, question_kinds)
     return _GENERATORS[task](rng, allow_held_out)
 
@@ -125,7 +122,7 @@ def training_samples(
         raise ValueError(f"tasks={list(tasks)} must be a non-empty subset of {TASKS}")
     if num_samples is not None and num_samples < 0:
         raise ValueError(f"num_samples={num_samples} must be >= 0 or None")
-    _check_question_kinds(question_kinds)
+    check_question_kinds(question_kinds, "question_kinds")
     rng = random.Random(seed)
     produced = 0
     while num_samples is None or produced < num_samples:
