@@ -9,8 +9,9 @@ import yaml
 
 from unimask.shapes.build_default import BACKBONE_STAGE, STAGE_FUNCTIONS, run_stage
 from unimask.shapes.build_plan import (
-    ANSWER_LENGTH, COUNTS, FIRST_ROUNDS_SET, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths, generation_parts,
-    recipe_path,
+    ANSWER_LENGTH, COUNTS, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET,
+    FIRST_UNDERSTANDING_WEIGHTED_SET, GENERATION_PARTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths,
+    generation_parts, part_options, recipe_path, round_shards,
 )
 from unimask.shapes.language import caption
 from unimask.shapes.scene import sample_scene
@@ -67,6 +68,44 @@ def test_generation_sets_add_an_interleaved_part_from_set_14():
     assert len(seeds) == len(set(seeds))
     with pytest.raises(ValueError, match="version=7"):
         generation_parts(7)
+
+
+def test_understanding_weighted_sets_hold_mostly_questions_and_fewer_rounds():
+    parts = generation_parts(FIRST_UNDERSTANDING_WEIGHTED_SET)
+    assert list(parts) == list(generation_parts(FIRST_UNDERSTANDING_WEIGHTED_SET - 1))
+    full = {part: counts[0] for part, (_, counts) in parts.items()}
+    assert full["understanding"] > sum(full.values()) / 2
+    # one shard of 1000 interleaved requests is cut into rounds, against three before
+    assert round_shards(FIRST_UNDERSTANDING_WEIGHTED_SET) == 1
+    assert round_shards(FIRST_UNDERSTANDING_WEIGHTED_SET - 1) == 3 and round_shards(FIRST_ROUNDS_SET - 1) == 0
+
+
+def test_hard_question_sets_ask_mostly_the_weak_kinds(tmp_path, monkeypatch):
+    import unimask.shapes.build_data as build_data
+
+    written = {}
+    monkeypatch.setattr(build_data, "_coded_shard_set", lambda paths, name, **kw: written.setdefault(name, kw))
+    monkeypatch.setattr(build_data, "_write_backbone_shards", lambda *args: None)
+    monkeypatch.setattr(build_data, "_write_round_shards", lambda *args: None)
+    build_data._generation_data(BuildPaths(tmp_path), FIRST_HARD_QUESTION_SET)
+    hard = written[f"gen{FIRST_HARD_QUESTION_SET}-hard-questions"]
+    assert hard["tasks"] == ["understanding"] and hard["question_kinds"] == ["colour", "shape", "describe"]
+    # every other part samples as before: its tasks only
+    assert all("question_kinds" not in options for name, options in written.items() if not name.endswith("-hard-questions"))
+    assert written[f"gen{FIRST_HARD_QUESTION_SET}-understanding"]["tasks"] == ["understanding"]
+    full = {part: counts[0] for part, (_, counts) in generation_parts(FIRST_HARD_QUESTION_SET).items()}
+    assert full["hard-questions"] == 2 * full["understanding"]
+    assert full["hard-questions"] + full["understanding"] == generation_parts(FIRST_UNDERSTANDING_WEIGHTED_SET)[
+        "understanding"][1][0]
+
+
+def test_the_rebalanced_set_keeps_the_weak_kinds_and_gives_the_image_tasks_samples_back():
+    parts = generation_parts(FIRST_REBALANCED_SET)
+    full = {part: counts[0] for part, (_, counts) in parts.items()}
+    assert part_options("hard-questions")["question_kinds"] == ["colour", "shape", "describe"]
+    assert full["hard-questions"] > full["understanding"]
+    assert parts["t2i"] == GENERATION_PARTS["t2i"]
+    assert full["editing"] == 2 * generation_parts(FIRST_HARD_QUESTION_SET)["editing"][1][0]
 
 
 def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():

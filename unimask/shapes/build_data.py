@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 from unimask.shapes.build_plan import (
     ANSWER_LENGTH,
-    FIRST_ROUNDS_SET,
     GENERATION_SEEDS,
     INTERLEAVED_TEXT_LENGTH,
-    ROUND_SHARDS,
     TAIL_EOS,
     BuildPaths,
     generation_parts,
+    part_options,
+    round_shards,
 )
 
 __all__ = ["DATA_STAGE_FUNCTIONS", "shapes_image_tokenizer", "shapes_layout_and_builder"]
@@ -213,17 +213,19 @@ def _stage_answer7_data(paths: BuildPaths) -> None:
 def _generation_data(paths: BuildPaths, version: int) -> None:
     # Fresh samples weighted to the image-writing tasks (v7's edits rewrote objects they should copy): editing
     # with multi-reference, text-to-image, every task, and questions to keep answering (from set 14 on, also
-    # interleaved requests; from set 15 on, also some of them cut into the pipeline's rounds).
+    # interleaved requests; from set 15 on, also some of them cut into the pipeline's rounds; from set 17 on,
+    # weighted to the questions, and from set 18 on, most of them of the kinds answered worst).
     seed = GENERATION_SEEDS[version]
     sampling_seeds = {}
     for offset, (part, (tasks, _)) in enumerate(generation_parts(version).items()):
         name = f"gen{version}-{part}"
-        options = {} if tasks is None else {"tasks": tasks}
+        options = {**({} if tasks is None else {"tasks": tasks}), **part_options(part)}
         _coded_shard_set(paths, name, seed=seed + offset, kind="tasks", merged=True, **options)
         sampling_seeds[name] = seed + 10 + offset
     _write_backbone_shards(paths, f"backbone-generation{version}", sampling_seeds)
-    if version >= FIRST_ROUNDS_SET:
-        _write_round_shards(paths, f"gen{version}-interleaved", f"backbone-generation{version}-rounds", ROUND_SHARDS)
+    num_round_shards = round_shards(version)
+    if num_round_shards:
+        _write_round_shards(paths, f"gen{version}-interleaved", f"backbone-generation{version}-rounds", num_round_shards)
 
 
 def _write_round_shards(paths: BuildPaths, source: str, out: str, num_shards: int) -> None:

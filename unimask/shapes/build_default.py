@@ -55,6 +55,12 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_generation15 the backbone_interleaved_rounds model continued on both (configs/shapes/backbone-generation15.yaml)
     generation16_data a ninth set, cut the same way          -> <root>/shards/gen16-*, backbone-generation16(-rounds)
     backbone_generation16 the backbone_generation15 model continued on both (configs/shapes/backbone-generation16.yaml)
+    generation17_data a tenth set weighted to the questions, rounds of 1000 requests -> <root>/shards/gen17-*, backbone-generation17(-rounds)
+    backbone_generation17 the backbone_generation16 model continued on both (configs/shapes/backbone-generation17.yaml)
+    generation18_data an eleventh, most questions colour, shape or describe -> <root>/shards/gen18-*, backbone-generation18(-rounds)
+    backbone_generation18 the backbone_generation17 model continued on both (configs/shapes/backbone-generation18.yaml)
+    generation19_data a twelfth, with the image-writing parts of sets 8-16 back -> <root>/shards/gen19-*, backbone-generation19(-rounds)
+    backbone_generation19 the backbone_generation18 model continued on both (configs/shapes/backbone-generation19.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -94,10 +100,12 @@ logger = logging.getLogger("unimask.shapes.build_default")
 # pixel-trained draft"), and decoder_draftnet_foreground continues it with the foreground weighted 1.5, so small
 # squares keep their corners (docs/model-card.md, "The foreground-weighted draft").
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
-# Which stage's backbone the pipeline ships (v17: v7 continued on seven fresh sets weighted to editing and
+# Which stage's backbone the pipeline ships (v20: v7 continued on seven fresh sets weighted to editing and
 # text-to-image, the seventh with interleaved requests, then on that set plus its interleaved requests cut into
-# the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds).
-BACKBONE_STAGE = "backbone_generation16"
+# the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds (v17), then on three sets
+# weighted to the questions, the last two mostly of the kinds answered worst, the third with the image-writing
+# tasks' samples back; docs/model-card.md, "The v18, v19 and v20 backbones").
+BACKBONE_STAGE = "backbone_generation19"
 # The normal decoder (50 Euler steps) runs the same transformer and draft network (docs/model-card.md, "The draft
 # network"; with the pixel-trained draft, text-to-image at 50 a type: strict 0.42 / 0.10 -> 0.48 / 0.10).
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
