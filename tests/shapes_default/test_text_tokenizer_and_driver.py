@@ -184,3 +184,24 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     shipped_backbone = pipe.backbone.state_dict()
     continued = LLaDA2MoeModelLM.from_pretrained(paths.export(BACKBONE_STAGE)).state_dict()
     assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())
+
+
+def test_shipped_text_and_edit_defaults_commit_one_uncertain_position_a_step():
+    # Text answers, edits and interleaved rounds take block_length steps: a step commits every position above the
+    # threshold, else only the most confident one, so two uncertain tokens of one word ("re" "d") never meet.
+    from unimask.default_model import default_model_dir
+    from unimask.shapes.build_default import GENERATION_DEFAULTS
+    from unimask.unimodal.sampler_schedule import MaskedBlockScheduler
+
+    common = GENERATION_DEFAULTS["common"]
+    for task in ("understanding", "chat", "edit", "interleaved"):
+        assert GENERATION_DEFAULTS[task]["num_inference_steps"] == common["block_length"], task
+    scheduler = MaskedBlockScheduler(block_length=4, num_inference_steps=4, threshold=common["threshold"])
+    masked = torch.ones(1, 4, dtype=torch.bool)
+    uncertain = torch.tensor([[0.5, 0.45, 0.3, 0.2]])
+    assert scheduler.select_transfer(uncertain, uncertain, masked, 0).tolist() == [[True, False, False, False]]
+    sure = torch.tensor([[0.95, 0.45, 0.97, 0.2]])
+    assert scheduler.select_transfer(sure, sure, masked, 0).tolist() == [[True, False, True, False]]
+    shipped = default_model_dir() / "generation_defaults.json"
+    if shipped.is_file():  # the shipped file is what the assemble stage writes
+        assert json.loads(shipped.read_text()) == json.loads(json.dumps(GENERATION_DEFAULTS))
