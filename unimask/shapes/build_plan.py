@@ -45,11 +45,12 @@ FIRST_UNDERSTANDING_WEIGHTED_SET = 17
 HARD_QUESTION_KINDS = ["colour", "shape", "describe"]
 HARD_QUESTION_PARTS = {"understanding": (["understanding"], (16000, 32)),
                        "hard-questions": (["understanding"], (32000, 32)),
-                       **{part: parts for part, parts in UNDERSTANDING_WEIGHTED_PARTS.items() if part != "understanding"}}
+                       **{part: parts for part, parts in UNDERSTANDING_WEIGHTED_PARTS.items()
+                          if part != "understanding"}}
 FIRST_HARD_QUESTION_SET = 18
-# Set 19 keeps most of those questions but gives text-to-image its 16000 samples of sets 8-16 back and editing
-# twice set 18's 8000: after two sets weighted to questions, text-to-image strict fell 0.60 -> 0.49 and editing
-# 0.52 -> 0.46 (seed 0).
+# From set 19 on, a set keeps most of those questions but gives text-to-image its 16000 samples of sets 8-16 back
+# and editing twice set 18's 8000: after two sets weighted to questions, text-to-image strict fell 0.60 -> 0.49
+# and editing 0.52 -> 0.46 (seed 0).
 REBALANCED_PARTS = {"understanding": (["understanding"], (8000, 32)),
                     "hard-questions": (["understanding"], (24000, 32)),
                     "editing": (["editing", "multi_reference_editing"], (16000, 32)),
