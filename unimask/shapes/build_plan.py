@@ -14,7 +14,7 @@ import unimask.configs
 
 __all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
            "FIRST_ROUNDS_SET", "ROUND_SHARDS", "UNDERSTANDING_WEIGHTED_PARTS", "FIRST_UNDERSTANDING_WEIGHTED_SET",
-           "HARD_QUESTION_KINDS", "HARD_QUESTION_PARTS", "FIRST_HARD_QUESTION_SET",
+           "HARD_QUESTION_KINDS", "HARD_QUESTIONS_PART", "HARD_QUESTION_PARTS", "FIRST_HARD_QUESTION_SET",
            "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "round_shards", "part_options",
            "generation_parts", "ANSWER_LENGTH", "TAIL_EOS", "INTERLEAVED_TEXT_LENGTH",
            "BuildPaths", "recipe_path"]
@@ -43,8 +43,9 @@ FIRST_UNDERSTANDING_WEIGHTED_SET = 17
 # From set 18 on, two thirds of those questions are of the kinds still answered worst (colour, shape and
 # descriptions at 0.71-0.76 after set 17, against 0.90-1.00 for the others, 100 a type).
 HARD_QUESTION_KINDS = ["colour", "shape", "describe"]
+HARD_QUESTIONS_PART = "hard-questions"
 HARD_QUESTION_PARTS = {"understanding": (["understanding"], (16000, 32)),
-                       "hard-questions": (["understanding"], (32000, 32)),
+                       HARD_QUESTIONS_PART: (["understanding"], (32000, 32)),
                        **{part: parts for part, parts in UNDERSTANDING_WEIGHTED_PARTS.items()
                           if part != "understanding"}}
 FIRST_HARD_QUESTION_SET = 18
@@ -52,11 +53,11 @@ FIRST_HARD_QUESTION_SET = 18
 # and editing twice set 18's 8000: after two sets weighted to questions, text-to-image strict fell 0.60 -> 0.49
 # and editing 0.52 -> 0.46 (seed 0).
 REBALANCED_PARTS = {"understanding": (["understanding"], (8000, 32)),
-                    "hard-questions": (["understanding"], (24000, 32)),
+                    HARD_QUESTIONS_PART: (["understanding"], (24000, 32)),
                     "editing": (["editing", "multi_reference_editing"], (16000, 32)),
-                    "t2i": (["text_to_image"], (16000, 32)),
-                    "tasks": (None, (8000, 64)),
-                    "interleaved": (["interleaved"], (6000, 32))}
+                    "t2i": GENERATION_PARTS["t2i"],
+                    "tasks": UNDERSTANDING_WEIGHTED_PARTS["tasks"],
+                    "interleaved": UNDERSTANDING_WEIGHTED_PARTS["interleaved"]}
 FIRST_REBALANCED_SET = 19
 GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221, 17: 241, 18: 261,
                     19: 281}
@@ -79,7 +80,7 @@ def round_shards(version: int) -> int:
 def part_options(part: str) -> dict[str, object]:
     """The Shapes sample options of generation part ``part`` beyond its tasks (``question_kinds`` for the
     ``hard-questions`` part, else none)."""
-    return {"question_kinds": list(HARD_QUESTION_KINDS)} if part == "hard-questions" else {}
+    return {"question_kinds": list(HARD_QUESTION_KINDS)} if part == HARD_QUESTIONS_PART else {}
 
 
 def generation_parts(version: int) -> dict[str, tuple[list[str] | None, tuple[int, int]]]:
