@@ -9,7 +9,7 @@ import yaml
 
 from unimask.shapes.build_default import BACKBONE_STAGE, STAGE_FUNCTIONS, run_stage
 from unimask.shapes.build_plan import (
-    ANSWER_LENGTH, COUNTS, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET,
+    ANSWER_LENGTH, COUNTS, FIRST_GROWN_SET, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET,
     FIRST_UNDERSTANDING_WEIGHTED_SET, GENERATION_PARTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths,
     generation_parts, part_options, recipe_path, round_shards,
 )
@@ -120,6 +120,29 @@ def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():
         assert recipe["stage_options"]["init"] == str(BuildPaths().export(before))
         assert recipe["data"]["shards"] == [str(BuildPaths().shards(f"backbone-generation{version}")),
                                             str(BuildPaths().shards(f"backbone-generation{version}-rounds"))]
+
+
+def test_the_grown_set_adds_two_layers_and_later_sets_keep_them():
+    # backbone_generation20 grows the 4-layer model of the set before it by a copy of layers 1 and 3; the sets after
+    # it continue the 6-layer model as it is (no grow_after, which would need a 4-layer init).
+    def recipe(version):
+        return yaml.safe_load(recipe_path(f"backbone_generation{version}", BuildPaths()).read_text())
+
+    before, grown = recipe(FIRST_GROWN_SET - 1), recipe(FIRST_GROWN_SET)
+    assert before["model"]["num_hidden_layers"] == 4 and "grow_after" not in before["stage_options"]
+    assert grown["stage_options"]["grow_after"] == [1, 3]
+    assert grown["model"]["num_hidden_layers"] == grown["model"]["max_window_layers"] == 6
+    assert {k: v for k, v in grown["model"].items() if k not in ("num_hidden_layers", "max_window_layers")} == \
+        {k: v for k, v in before["model"].items() if k not in ("num_hidden_layers", "max_window_layers")}
+    for version in (v for v in GENERATION_SEEDS if v > FIRST_GROWN_SET):
+        later = recipe(version)
+        assert later["model"] == grown["model"] and "grow_after" not in later["stage_options"]
+
+
+def test_a_quick_build_without_the_init_drops_grow_after_too(tmp_path):
+    options = yaml.safe_load(recipe_path(f"backbone_generation{FIRST_GROWN_SET}",
+                                         BuildPaths(tmp_path / "quick", tmp_path / "out", quick=True)).read_text())["stage_options"]
+    assert "init" not in options and "grow_after" not in options
 
 
 def test_the_pixel_trained_drafts_continue_decoder_draftnet():

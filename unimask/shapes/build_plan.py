@@ -15,7 +15,7 @@ import unimask.configs
 __all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
            "FIRST_ROUNDS_SET", "ROUND_SHARDS", "UNDERSTANDING_WEIGHTED_PARTS", "FIRST_UNDERSTANDING_WEIGHTED_SET",
            "HARD_QUESTION_KINDS", "HARD_QUESTIONS_PART", "HARD_QUESTION_PARTS", "FIRST_HARD_QUESTION_SET",
-           "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "round_shards", "part_options",
+           "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "FIRST_GROWN_SET", "round_shards", "part_options",
            "generation_parts", "ANSWER_LENGTH", "TAIL_EOS", "INTERLEAVED_TEXT_LENGTH",
            "BuildPaths", "recipe_path"]
 
@@ -59,8 +59,12 @@ REBALANCED_PARTS = {"understanding": (["understanding"], (8000, 32)),
                     "tasks": UNDERSTANDING_WEIGHTED_PARTS["tasks"],
                     "interleaved": UNDERSTANDING_WEIGHTED_PARTS["interleaved"]}
 FIRST_REBALANCED_SET = 19
+# Set 20's stage grows set 19's 4-layer model to 6 layers (a zero-output copy after layers 1 and 3, stage option
+# grow_after), and later sets continue the 6-layer model: a thirteenth set of set 19's recipe on the 4-layer model
+# moved nothing beyond noise (docs/model-card.md, "The 6-layer backbone").
+FIRST_GROWN_SET = 20
 GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221, 17: 241, 18: 261,
-                    19: 281}
+                    19: 281, 20: 301, 21: 321}
 # From set 15 on, a set's data stage also cuts the first ROUND_SHARDS shards of its interleaved requests into the
 # interleaved pipeline's rounds (``backbone-generation<N>-rounds``); set 15's backbone stage continues the
 # ``backbone_interleaved_rounds`` model (set 14's rounds have their own stages, which come first), each later set's
@@ -190,6 +194,8 @@ def recipe_path(stage: str, paths: BuildPaths) -> Path:
             init = recipe.get("stage_options", {}).get(key)
             if init is not None and not Path(init).is_dir():
                 del recipe["stage_options"][key]
+                if key == "init":  # nothing to grow: the deeper model starts fresh too
+                    recipe["stage_options"].pop("grow_after", None)
     target = paths.root / "configs" / RECIPES[stage]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(recipe, sort_keys=False))

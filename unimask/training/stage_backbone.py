@@ -13,7 +13,10 @@ block-diffusion masks, positions restarting per document).
     stable_steps, decay_steps, start_block_length, final_block_length}: LLaDA2.0's WSD schedule
     over the row length), router_z_loss_weight (float, default 0.0; > 0 also reports expert load),
     init (a saved backbone folder, ``*.safetensors`` of this recipe's architecture, to continue from;
-    default: random weights), image_embeddings_init (a saved image tokenizer folder: a fresh model's
+    default: random weights), grow_after (list of layer indices of the ``init`` model: each is followed by a
+    copy of itself whose residual outputs are zero, so the deeper model starts from the init model's exact
+    logits; the recipe's ``num_hidden_layers`` must be the init's plus the list's length; see
+    ``unimask.unimodal.depth_growth``), image_embeddings_init (a saved image tokenizer folder: a fresh model's
     image-code rows of the input embedding and output head start as its codebook, see
     ``unimask.training.code_embeddings``; not with ``init``), text_loss_weight (float > 0, default
     1.0: factor on the loss of masked text positions against image codes),
@@ -43,8 +46,8 @@ from unimask.unimodal.losses import check_text_loss_weight
 
 __all__ = ["BackboneStage", "available_backbone_presets"]
 
-_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "image_embeddings_init",
-            "text_loss_weight", "expert_bias_update_rate", "answer_full_mask_rate"}
+_OPTIONS = {"mask_token_id", "objective", "block_length", "block_schedule", "router_z_loss_weight", "init", "grow_after",
+            "image_embeddings_init", "text_loss_weight", "expert_bias_update_rate", "answer_full_mask_rate"}
 
 
 def available_backbone_presets() -> list[str]:
@@ -117,6 +120,9 @@ class BackboneStage(Stage):
                 checkpoint_files(self.init)
             except ValueError:
                 raise ConfigError(f"stage_options.init={self.init!r} is not a saved backbone folder (no *.safetensors)") from None
+        self.grow_after = options.get("grow_after")
+        if self.grow_after is not None:
+            self._check_grow_after()
         self.image_embeddings_init = options.get("image_embeddings_init")
         if self.image_embeddings_init is not None:
             if self.init is not None:
@@ -125,6 +131,29 @@ class BackboneStage(Stage):
                 raise ConfigError(f"stage_options.image_embeddings_init={self.image_embeddings_init!r} is not a saved image tokenizer folder (no config.json)")
         self.pad_id = self.model_config.pad_token_id if self.model_config.pad_token_id is not None else 0
         self.current_step = 0
+
+    def _check_grow_after(self) -> None:
+        """``grow_after`` (layers of the ``init`` model each followed by a new zero-output copy) needs ``init`` and
+        a recipe with that many more layers than the ``init`` folder's config."""
+        from unimask.checkpoint_files import read_json_object
+        from unimask.unimodal.depth_growth import check_grow_after
+
+        if self.init is None:
+            raise ConfigError("stage_options.grow_after grows the model of stage_options.init; set init too")
+        try:
+            init_layers = read_json_object(Path(self.init) / "config.json").get("num_hidden_layers")
+        except ValueError as err:
+            raise ConfigError(f"stage_options.init={self.init!r}: {err}") from None
+        if not isinstance(init_layers, int):
+            raise ConfigError(f"stage_options.init={self.init!r}: config.json has no int num_hidden_layers")
+        try:
+            self.grow_after = check_grow_after(self.grow_after, init_layers)
+        except ValueError as err:
+            raise ConfigError(f"stage_options.{err}") from None
+        if self.model_config.num_hidden_layers != init_layers + len(self.grow_after):
+            raise ConfigError(f"stage_options.grow_after={self.grow_after} adds {len(self.grow_after)} layers to the "
+                              f"{init_layers} of init, so model.num_hidden_layers must be "
+                              f"{init_layers + len(self.grow_after)}, got {self.model_config.num_hidden_layers}")
 
     def build_model(self) -> nn.Module:
         model = self._build_weights()
@@ -150,6 +179,14 @@ class BackboneStage(Stage):
                 except ValueError as err:
                     raise ConfigError(f"stage_options.image_embeddings_init: {err}") from None
             return model
+        if self.grow_after is not None:
+            from unimask.unimodal.depth_growth import grow_backbone_depth
+
+            source = LLaDA2MoeModelLM.from_pretrained(self.init, dtype=torch.float32)
+            try:
+                return grow_backbone_depth(source, LLaDA2MoeModelLM(self.model_config), self.grow_after)
+            except ValueError as err:
+                raise ConfigError(f"stage_options.grow_after={self.grow_after}: {err}") from None
         try:  # the recipe's architecture, the folder's weights (official layout, strictly checked)
             return LLaDA2MoeModelLM.from_pretrained(self.init, config=self.model_config, dtype=torch.float32)
         except ValueError as err:
