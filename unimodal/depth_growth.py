@@ -51,16 +51,15 @@ def grow_backbone_depth(source: LLaDA2MoeModelLM, target: LLaDA2MoeModelLM, grow
     if len(target.model.layers) != num_source + len(grow_after):
         raise ValueError(f"the grown model needs {num_source} + {len(grow_after)} layers (grow_after={grow_after}), "
                          f"the target config has {len(target.model.layers)}")
-    origin = []  # origin[j] = (source layer copied into target layer j, whether j is a new layer)
-    for i in range(num_source):
-        origin.append((i, False))
-        origin.extend((i, True) for _ in range(grow_after.count(i)))
+    # origin[j] = (source layer copied into target layer j, whether j is a new layer)
+    origin = [entry for i in range(num_source) for entry in [(i, False)] + [(i, True)] * (i in grow_after)]
     source_state = source.state_dict()
-    target_state = target.state_dict()
     grown = {}
-    for name, value in target_state.items():
+    for name, value in target.state_dict().items():
         if not name.startswith(_LAYER_PREFIX):
-            grown[name] = source_state[name] if name in source_state else None
+            if name not in source_state:
+                raise ValueError(f"source model has no weight {name!r}")
+            grown[name] = source_state[name]
         else:
             layer, rest = name[len(_LAYER_PREFIX):].split(".", 1)
             copied, is_new = origin[int(layer)]
@@ -71,8 +70,6 @@ def grow_backbone_depth(source: LLaDA2MoeModelLM, target: LLaDA2MoeModelLM, grow
             grown[name] = source_state[source_name].clone()
             if is_new and rest.endswith(_RESIDUAL_OUTPUTS):
                 grown[name].zero_()
-        if grown[name] is None:
-            raise ValueError(f"source model has no weight {name!r}")
         if grown[name].shape != value.shape:
             raise ValueError(f"{name}: source shape {tuple(grown[name].shape)} does not fit target {tuple(value.shape)}")
     with torch.no_grad():
