@@ -75,6 +75,8 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_generation25 the backbone_generation24 model continued on both (configs/shapes/backbone-generation25.yaml)
     generation26_data a nineteenth, made as the twelfth      -> <root>/shards/gen26-*, backbone-generation26(-rounds)
     backbone_generation26 the backbone_generation25 model continued on both (configs/shapes/backbone-generation26.yaml)
+    generation27_data a twentieth, made as the twelfth       -> <root>/shards/gen27-*, backbone-generation27(-rounds)
+    backbone_generation27 the backbone_generation26 model continued on both (configs/shapes/backbone-generation27.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
@@ -114,13 +116,13 @@ logger = logging.getLogger("unimask.shapes.build_default")
 # pixel-trained draft"), and decoder_draftnet_foreground continues it with the foreground weighted 1.5, so small
 # squares keep their corners (docs/model-card.md, "The foreground-weighted draft").
 TURBO_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
-# Which stage's backbone the pipeline ships (v28: v7 continued on seven fresh sets weighted to editing and
+# Which stage's backbone the pipeline ships (v29: v7 continued on seven fresh sets weighted to editing and
 # text-to-image, the seventh with interleaved requests, then on that set plus its interleaved requests cut into
 # the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds (v17), then on three sets
 # weighted to the questions, the last two mostly of the kinds answered worst, the third with the image-writing
 # tasks' samples back (v20; docs/model-card.md, "The v18, v19 and v20 backbones"); then grown from 4 to 6 layers and
-# continued on seven more sets of the third's recipe (v28; "The 6-layer backbone").
-BACKBONE_STAGE = "backbone_generation26"
+# continued on eight more sets of the third's recipe (v29; "The 6-layer backbone").
+BACKBONE_STAGE = "backbone_generation27"
 # The normal decoder (50 Euler steps) runs the same transformer and draft network (docs/model-card.md, "The draft
 # network"; with the pixel-trained draft, text-to-image at 50 a type: strict 0.42 / 0.10 -> 0.48 / 0.10).
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet_foreground"

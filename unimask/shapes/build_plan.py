@@ -65,7 +65,7 @@ FIRST_REBALANCED_SET = 19
 FIRST_GROWN_SET = 20
 GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221, 17: 241, 18: 261,
                     19: 281, 20: 301, 21: 321, 22: 341, 23: 361, 24: 381,
-                    25: 401, 26: 421}
+                    25: 401, 26: 421, 27: 441}
 # From set 15 on, a set's data stage also cuts the first ROUND_SHARDS shards of its interleaved requests into the
 # interleaved pipeline's rounds (``backbone-generation<N>-rounds``); set 15's backbone stage continues the
 # ``backbone_interleaved_rounds`` model (set 14's rounds have their own stages, which come first), each later set's
