@@ -342,10 +342,12 @@ class SemanticImageDecoder(DiffusionPipeline):
             for position, index in enumerate(indices):
                 images[index] = decoded[position].cpu()
         self.maybe_free_model_hooks()
-        return DecoderOutput(images=self._format_images(images, output_type))
+        return DecoderOutput(images=self.format_images(images, output_type))
 
     @staticmethod
-    def _format_images(images: list[torch.Tensor], output_type: str):
+    def format_images(images: list[torch.Tensor], output_type: str):
+        """(3, H, W) tensors in [0, 1] -> ``output_type``: "pt" (B, 3, H, W) tensor, "np" (B, H, W, 3) array (a
+        list of either when sizes differ) or "pil" images."""
         same_size = len({tuple(image.shape) for image in images}) == 1
         if output_type == "pt":
             return torch.stack(images) if same_size else images

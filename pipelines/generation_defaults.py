@@ -38,6 +38,8 @@ DECODER_OPTIONS = (
     "normal_decoder_steps",
     "decoder_guidance_scale",
     "resolution_multiplier",
+    "copy_unchanged_patches",  # edits: reference pixels where the codes (and nearly the pixels) are unchanged
+    "unchanged_patch_tolerance",  # the largest mean absolute pixel difference of a copied patch, in [0, 1]
 )
 TASK_OPTIONS = (
     "gen_length",  # masked TEXT positions of an answer (understanding, chat) or of one interleaved round
@@ -47,6 +49,9 @@ TASK_OPTIONS = (
     "thinking_steps",  # steps per block of the thinking span
     "max_images",  # most images one interleaved answer may open
     "system_prompt",  # replaces the task's default system prompt when set
+    "num_candidates",  # text-to-image: images drawn per sample, the one the backbone reads back best kept
+    "candidate_temperature",  # text-to-image: sampling temperature of the candidates after the first
+    "ranking_question",  # text-to-image: the question whose answer scores a candidate (the prompt)
 )
 ALL_OPTIONS = SAMPLER_OPTIONS + tuple(OPTION_ALIASES) + DECODER_OPTIONS + TASK_OPTIONS
 

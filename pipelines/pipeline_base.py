@@ -26,6 +26,7 @@ from unimask.pipelines.call_inputs import split_image_batch
 from unimask.pipelines.checkpoint_loading import OFFICIAL_LAYOUT, load_components, load_decoder
 from unimask.pipelines.generation_defaults import GenerationDefaults
 from unimask.pipelines.sequence_batching import specs_to_sampler_inputs, unpad_rows
+from unimask.pipelines.unchanged_patches import DEFAULT_TOLERANCE, check_tolerance, copy_unchanged_patches
 from unimask.tokenizers.image_tokenizer import SigLIPVQTokenizer
 from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec
 from unimask.tokenizers.token_layout import TokenKind, TokenLayout
@@ -303,6 +304,23 @@ class UniPipelineBase(DiffusionPipeline):
             start += len(images)
         return result
 
+    def reference_pixels(self, images_per_prompt: list[list[Any]], image_size: Any) -> list[list[torch.Tensor]]:
+        """The input images as the image tokenizer sees them (sized and cropped by ``image_size``, as
+        `encode_images` does), so that each lines up with its code grid: one list of (3, H, W) float32
+        tensors in [0, 1] per prompt."""
+        target = tuple(image_size) if isinstance(image_size, list) else image_size
+        flat = [image for images in images_per_prompt for image in images]
+        processed = self.image_tokenizer.preprocess(flat, target).pixel_values if flat else []
+        config = self.image_tokenizer.preprocessor_config
+        mean = torch.tensor(config.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(config.image_std, dtype=torch.float32).view(3, 1, 1)
+        pixels = [(values * std + mean).clamp(0, 1) for values in processed]
+        result, start = [], 0
+        for images in images_per_prompt:
+            result.append(pixels[start : start + len(images)])
+            start += len(images)
+        return result
+
     def make_sampler(self) -> MaskedDiffusionSampler:
         """The masked-diffusion sampler over this backbone, with the layout's ids and per-kind vocabularies."""
         layout = self.token_layout
@@ -403,17 +421,27 @@ class UniPipelineBase(DiffusionPipeline):
         generator: Any,
         output_type: str,
         stats: StageStats,
+        references: list[list[tuple[torch.Tensor | int, torch.Tensor]]] | None = None,
     ) -> list[Any]:
         """Decode (h, w) code grids to images of ``output_type`` ("tokens" returns the grids themselves).
 
         decoder_options: ``decoder`` variant, ``decoder_steps``, ``decoder_guidance_scale``,
-        ``resolution_multiplier``. generator: None, one generator or one per grid. Returns one image per grid.
+        ``resolution_multiplier``, ``copy_unchanged_patches`` and ``unchanged_patch_tolerance``. generator:
+        None, one generator or one per grid. references: used with ``copy_unchanged_patches``: per grid, its
+        references as (pixels, codes) pairs in priority order (`unchanged_patches.copy_unchanged_patches`),
+        pixels (3, H, W) in [0, 1] or the index of an earlier grid of this call, whose final image is then
+        the reference (an interleaved step keeps what its previous image kept). Returns one image per grid.
         """
         if output_type == "tokens" or not grids:
             return [grid.clone() for grid in grids]
         if self.decoder is None:
             raise ValueError("output_type: this pipeline has no decoder; use output_type='tokens'")
         decoder = self.decoder_for(decoder_options.get("decoder", "turbo"))
+        copy_unchanged = decoder_options.get("copy_unchanged_patches", False)
+        if not isinstance(copy_unchanged, bool):
+            raise ValueError(f"copy_unchanged_patches={copy_unchanged!r} must be True or False")
+        tolerance = check_tolerance(decoder_options.get("unchanged_patch_tolerance", DEFAULT_TOLERANCE))
+        copy_unchanged = copy_unchanged and references is not None
         started = time.perf_counter()
         with self._running("decoder", decoder):
             images = decoder(
@@ -422,8 +450,16 @@ class UniPipelineBase(DiffusionPipeline):
                 guidance_scale=decoder_options.get("decoder_guidance_scale"),
                 generator=generator,
                 resolution_multiplier=decoder_options.get("resolution_multiplier", 2),
-                output_type=output_type,
+                output_type="pt" if copy_unchanged else output_type,
             ).images
+        if copy_unchanged:
+            if len(references) != len(grids):
+                raise ValueError(f"references: got {len(references)} lists for {len(grids)} grids")
+            kept: list[torch.Tensor] = []
+            for image, grid, pairs in zip(split_image_batch(images), grids, references):
+                pairs = [(kept[pixels] if isinstance(pixels, int) else pixels, codes) for pixels, codes in pairs]
+                kept.append(copy_unchanged_patches(image.float().cpu(), grid, pairs, tolerance)[0])
+            images = SemanticImageDecoder.format_images(kept, output_type)
         steps = decoder_options.get("decoder_steps") or decoder.defaults[0]
         guidance = decoder_options.get("decoder_guidance_scale")
         guided = (decoder.defaults[1] if guidance is None else guidance) > 0

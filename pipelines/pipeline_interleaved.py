@@ -14,7 +14,8 @@ Rounds alternate, batched over the samples still running:
 
 A sample stops at end-of-sequence, at ``max_images`` opened images (the last unfinished header is cut),
 or when the next round would exceed the model's context. The result is parsed into the ordered list of
-text and images; every image grid is decoded in one decoder call at the end.
+text and images; every image grid is decoded in one decoder call at the end (with ``copy_unchanged_patches``
+each image keeps its previous image's pixels where its codes did not change; `unchanged_patches`).
 """
 
 from __future__ import annotations
@@ -110,16 +111,20 @@ class InterleavedPipeline(UniPipelineBase):
                     else:
                         self._after_image(sample, sequence, length, max_length)
 
-        parts_per_sample, grids, owners = [], [], []
+        parts_per_sample, grids, owners, references = [], [], [], []
         for row, sample in enumerate(samples):
             parts = parse_sequence(sample.sequence[sample.prompt_length :], self.token_layout)
             parts_per_sample.append(parts)
+            previous = None
             for part in parts:
                 if isinstance(part, ImageGrid):
+                    # Each image after the first edits the one before it: that one is its reference.
+                    references.append([] if previous is None else [(previous, grids[previous])])
+                    previous = len(grids)
                     grids.append(torch.from_numpy(part.codes))
                     owners.append(row)
         grid_generators = [samples[o].generator for o in owners] if isinstance(generators, list) else generators
-        decoded = iter(self.decode_grids(grids, decoder_options, grid_generators, output_type, stats))
+        decoded = iter(self.decode_grids(grids, decoder_options, grid_generators, output_type, stats, references))
         all_parts, all_images, texts, malformed = [], [], [], 0
         for parts in parts_per_sample:
             ordered, images = [], []

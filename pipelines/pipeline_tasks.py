@@ -7,10 +7,16 @@ sampler's names (``steps``, ``block_length``, ``threshold``, ``guidance_scale``,
 ``keep_ratio``, ``decoder``, ``decoder_steps``, ...; see `generation_defaults`), defaulting to the
 checkpoint's ``generation_defaults.json``. ``num_images_per_prompt`` is the number of samples per prompt
 for every task (answers for the text tasks).
+
+Two options trade compute for exactness: text-to-image's ``num_candidates`` draws that many images per
+sample and keeps the one whose prompt the backbone reads back best (`candidate_ranking`), and editing's
+``copy_unchanged_patches`` keeps the source's pixels where the edit left the codes unchanged
+(`unchanged_patches`). Both are off in the official defaults.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -22,6 +28,12 @@ from unimask.pipelines.call_inputs import (
     check_prompts,
     generators_for,
     images_per_prompt,
+)
+from unimask.pipelines.candidate_ranking import (
+    DEFAULT_RANKING_QUESTION,
+    RANKING_FOLDS,
+    check_ranking_options,
+    rank_candidates,
 )
 from unimask.pipelines.pipeline_base import StageStats, StepCallback, UniPipelineBase
 from unimask.pipelines.pipeline_output import UniPipelineOutput
@@ -206,6 +218,9 @@ class TextToImagePipeline(_TaskPipeline):
     ) -> UniPipelineOutput | tuple:
         """height / width: output pixels (multiples of 16 * resolution_multiplier; default from the
         checkpoint's ``image_grid``). thinking: generate ``thinking_length`` reasoning tokens first.
+        ``num_candidates`` > 1 (an option): the first image is drawn as without it, the others at
+        ``candidate_temperature``, and the one the backbone scores best is kept (stats stage
+        ``candidate_ranking``: the scores and the chosen index per sample).
         Returns one image per sample (and the thinking text in ``texts`` when thinking)."""
         prompts = check_prompts(prompt)
         count = check_count(num_images_per_prompt, "num_images_per_prompt")
@@ -238,9 +253,13 @@ class TextToImagePipeline(_TaskPipeline):
         texts: list[str | None] = [None] * len(specs)
         if thinking:
             specs, texts = self._think(specs, sampler_options, task_options, generator, stats, callback_on_step_end)
-        sequences = self.sample(
-            specs, sampler_options, "simple" if guided else "none", generator, "image_tokens", stats, callback_on_step_end
-        )
+        guidance = "simple" if guided else "none"
+        sequences = self.sample(specs, sampler_options, guidance, generator, "image_tokens", stats, callback_on_step_end)
+        if task_options.get("num_candidates", 1) != 1:
+            sequences = self._best_candidates(
+                specs, sequences, _repeat(prompts, count), sampler_options, task_options, guidance, generator, stats,
+                callback_on_step_end,
+            )
         grids = [self._slot_grids(seq, spec)[0] for seq, spec in zip(sequences, specs)]
         images = self.decode_grids(grids, decoder_options, generator, output_type, stats)
         output = UniPipelineOutput(
@@ -252,6 +271,37 @@ class TextToImagePipeline(_TaskPipeline):
             stats=stats.as_dict(),
         )
         return output if return_dict else (images,)
+
+    def _best_candidates(self, specs, first, prompts, sampler_options, task_options, guidance, generator, stats,
+                         callback):
+        """Draw ``num_candidates - 1`` more images per sample at ``candidate_temperature`` and keep, per sample,
+        the candidate (``first`` included) whose prompt the backbone reads back best (`candidate_ranking`)."""
+        count = task_options["num_candidates"]
+        temperature = task_options.get("candidate_temperature", 1.0)
+        check_ranking_options(count, temperature)
+        extra = count - 1
+        more_generators = _repeat(generator, extra) if isinstance(generator, list) else generator
+        more = self.sample(
+            _repeat(specs, extra), {**sampler_options, "temperature": float(temperature)}, guidance, more_generators,
+            "image_tokens", stats, callback,
+        )
+        candidates = [[sequence] + more[row * extra : (row + 1) * extra] for row, sequence in enumerate(first)]
+        understanding = self.generation_defaults.options_for("understanding", {})
+        started = time.perf_counter()
+        with self._running("backbone", self.backbone):
+            scores = rank_candidates(
+                self.backbone,
+                self.sequence_builder(),
+                [self._slot_grids(seq, spec)[0] for spec, group in zip(specs, candidates) for seq in group],
+                [prompt for prompt in prompts for _ in range(count)],
+                task_options.get("ranking_question") or DEFAULT_RANKING_QUESTION,
+                understanding[2]["gen_length"],
+                understanding[0]["block_length"],
+            ).view(len(specs), count)
+        best = scores.argmax(dim=1).tolist()
+        stats.add("candidate_ranking", RANKING_FOLDS, time.perf_counter() - started,
+                  {"num_candidates": count, "chosen": best, "scores": scores.tolist()})
+        return [group[index] for group, index in zip(candidates, best)]
 
     def _think(self, specs, sampler_options, task_options, generator, stats, callback):
         """Generate the thinking spans (no guidance), then return image specs conditioned on them."""
@@ -312,7 +362,9 @@ class ImageEditPipeline(_TaskPipeline):
         """prompt: instruction(s); image: per prompt one image or a list of references. The target grid is
         the first reference's unless height/width are given. Guidance: ``text_guidance_scale`` and
         ``image_guidance_scale`` (three-way when the image scale is > 0, simple no-text CFG otherwise);
-        ``guidance_scale`` names the text scale, as in diffusers' instruction-editing pipelines."""
+        ``guidance_scale`` names the text scale, as in diffusers' instruction-editing pipelines. With
+        ``copy_unchanged_patches`` the output keeps the references' pixels (the last reference first) where
+        its codes equal theirs and the decoded pixels are within ``unchanged_patch_tolerance``."""
         options = _text_guidance_from_guidance_scale(options)
         prompts = check_prompts(prompt)
         images = images_per_prompt(image, len(prompts))
@@ -345,7 +397,12 @@ class ImageEditPipeline(_TaskPipeline):
         generator = generators_for(generator, len(specs))
         sequences = self.sample(specs, sampler_options, guidance, generator, "image_tokens", stats, callback_on_step_end)
         out_grids = [self._slot_grids(seq, spec)[0] for seq, spec in zip(sequences, specs)]
-        images_out = self.decode_grids(out_grids, decoder_options, generator, output_type, stats)
+        references = None
+        if decoder_options.get("copy_unchanged_patches") and output_type != "tokens":
+            # The last reference is the image being edited (multi-reference: the base the others add to).
+            pixels = self.reference_pixels(images, task_options["image_size"])
+            references = _repeat([list(zip(p, g))[::-1] for p, g in zip(pixels, grids)], count)
+        images_out = self.decode_grids(out_grids, decoder_options, generator, output_type, stats, references)
         output = UniPipelineOutput(
             task="edit",
             texts=[None] * len(images_out),

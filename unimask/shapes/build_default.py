@@ -141,6 +141,7 @@ BLOCK_LENGTH = 1024
 # 0.11 / 0.12 -> 0.23 / 0.22, for 2, 31 and 135 passes a batch instead of 1, 4 and 19 (docs/model-card.md,
 # "One position a step").
 ONE_POSITION_A_STEP = BLOCK_LENGTH
+NUM_CANDIDATES = 8
 GENERATION_DEFAULTS = {
     "common": {"block_length": BLOCK_LENGTH, "threshold": 0.9, "temperature": 0.0, "decoder": "turbo",
                "resolution_multiplier": 1, "image_size": "shapes_world", "image_grid": [8, 8],
@@ -150,14 +151,20 @@ GENERATION_DEFAULTS = {
     # With one code per background colour a single pass (the fixed quota of a 1024 block) draws almost
     # only background; the adaptive schedule (4 codes a step) with guidance draws the objects. One code a step
     # (64 steps) read 0.61 / 0.61 -> 0.70 / 0.60 strict on seeds 0 / 1 at 100 a type for four times the passes.
-    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0},
+    # Best of NUM_CANDIDATES images, ranked by how well the backbone reads the prompt back from each (the first
+    # drawn as before, the others at temperature 1): docs/model-card.md, "Best-of-N text-to-image".
+    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
+                      "num_candidates": NUM_CANDIDATES},
     "thinking": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
                  "thinking_length": 32, "thinking_steps": 16},
     # Text guidance 0.5 edits better than 1.0 on three suite seeds (60 a type: +2.8 points in distribution, all three
     # ahead; +0.8 held out; multi-reference the same), docs/model-card.md, "The pixel-trained draft".
-    "edit": {"num_inference_steps": ONE_POSITION_A_STEP, "text_guidance_scale": 0.5, "image_guidance_scale": 0.0},
+    # Edits and interleaved steps keep their source's pixels where their codes did not change (docs/model-card.md,
+    # "Unchanged patches kept").
+    "edit": {"num_inference_steps": ONE_POSITION_A_STEP, "text_guidance_scale": 0.5, "image_guidance_scale": 0.0,
+             "copy_unchanged_patches": True},
     "interleaved": {"num_inference_steps": ONE_POSITION_A_STEP, "guidance_scale": 1.0,
-                    "gen_length": INTERLEAVED_TEXT_LENGTH, "max_images": 4},
+                    "gen_length": INTERLEAVED_TEXT_LENGTH, "max_images": 4, "copy_unchanged_patches": True},
 }
 
 
