@@ -20,7 +20,7 @@ import torch
 
 from unimask.tokenizers.sequence_builders import SequenceBuilder, SequenceSpec
 from unimask.tokenizers.token_layout import TokenKind, TokenLayout, encode_plain
-from unimask.unimodal.attention_masks import block_causal_mask
+from unimask.unimodal.attention_masks import padded_block_causal_mask
 
 RANKING_FOLDS = 4
 DEFAULT_RANKING_QUESTION = "describe the image."
@@ -77,8 +77,7 @@ def answer_pseudo_log_likelihood(
         filled[row, : len(spec)] = torch.tensor(spec.input_ids, dtype=torch.long)
         filled[row, where] = torch.tensor(list(answer), dtype=torch.long)
         valid[row, : len(spec)] = True
-    causal = block_causal_mask(length, block_length, device=torch.device("cpu"))
-    allowed = ((causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool)).unsqueeze(1)
+    allowed = padded_block_causal_mask(valid, block_length)
     position_ids = torch.arange(length).expand(rows, length)
     disallowed = ~layout.vocab_mask(TokenKind.TEXT).to(device)
     scores = torch.zeros(rows, dtype=torch.float32)

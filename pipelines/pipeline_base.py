@@ -49,6 +49,15 @@ def _shared_if_same(current: torch.nn.Module, loaded: torch.nn.Module, device: t
     return loaded.to(device=device, dtype=dtype)
 
 
+def _per_prompt(flat: list[Any], images_per_prompt: list[list[Any]]) -> list[list[Any]]:
+    """Split one result per input image (in the flattened order) back into one list per prompt."""
+    result, start = [], 0
+    for images in images_per_prompt:
+        result.append(flat[start : start + len(images)])
+        start += len(images)
+    return result
+
+
 class StageStats:
     """Collects per-stage statistics of one call: NFE, wall time and the sampler's `SamplingStats`."""
 
@@ -298,11 +307,7 @@ class UniPipelineBase(DiffusionPipeline):
                 grids = self.image_tokenizer.encode(flat, target_size=target).ids_list()
             except ValueError as error:
                 raise ValueError(f"image: {error}") from error
-        result, start = [], 0
-        for images in images_per_prompt:
-            result.append([grid.cpu() for grid in grids[start : start + len(images)]])
-            start += len(images)
-        return result
+        return _per_prompt([grid.cpu() for grid in grids], images_per_prompt)
 
     def reference_pixels(self, images_per_prompt: list[list[Any]], image_size: Any) -> list[list[torch.Tensor]]:
         """The input images as the image tokenizer sees them (sized and cropped by ``image_size``, as
@@ -314,12 +319,7 @@ class UniPipelineBase(DiffusionPipeline):
         config = self.image_tokenizer.preprocessor_config
         mean = torch.tensor(config.image_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(config.image_std, dtype=torch.float32).view(3, 1, 1)
-        pixels = [(values * std + mean).clamp(0, 1) for values in processed]
-        result, start = [], 0
-        for images in images_per_prompt:
-            result.append(pixels[start : start + len(images)])
-            start += len(images)
-        return result
+        return _per_prompt([(values * std + mean).clamp(0, 1) for values in processed], images_per_prompt)
 
     def make_sampler(self) -> MaskedDiffusionSampler:
         """The masked-diffusion sampler over this backbone, with the layout's ids and per-kind vocabularies."""

@@ -286,7 +286,7 @@ class TextToImagePipeline(_TaskPipeline):
             "image_tokens", stats, callback,
         )
         candidates = [[sequence] + more[row * extra : (row + 1) * extra] for row, sequence in enumerate(first)]
-        understanding = self.generation_defaults.options_for("understanding", {})
+        answer_sampler, _, answer_task = self.generation_defaults.options_for("understanding", {})
         started = time.perf_counter()
         with self._running("backbone", self.backbone):
             scores = rank_candidates(
@@ -295,8 +295,8 @@ class TextToImagePipeline(_TaskPipeline):
                 [self._slot_grids(seq, spec)[0] for spec, group in zip(specs, candidates) for seq in group],
                 [prompt for prompt in prompts for _ in range(count)],
                 task_options.get("ranking_question") or DEFAULT_RANKING_QUESTION,
-                understanding[2]["gen_length"],
-                understanding[0]["block_length"],
+                answer_task["gen_length"],
+                answer_sampler["block_length"],
             ).view(len(specs), count)
         best = scores.argmax(dim=1).tolist()
         stats.add("candidate_ranking", RANKING_FOLDS, time.perf_counter() - started,

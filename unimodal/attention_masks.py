@@ -98,6 +98,18 @@ def block_causal_mask(
     return mask
 
 
+def padded_block_causal_mask(valid: torch.Tensor, block_length: int) -> torch.Tensor:
+    """The block-causal mask of rows with padding, as sampling attends: padding is never a key, and every
+    query sees itself (so a padding query never gets an empty softmax).
+
+    valid: (batch, seq) bool, True for real tokens. Returns (batch, 1, seq, seq) bool.
+    """
+    seq_len = valid.shape[-1]
+    causal = block_causal_mask(seq_len, block_length, device=valid.device)
+    itself = torch.eye(seq_len, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | itself).unsqueeze(1)
+
+
 def block_diffusion_training_mask(
     seq_len: int,
     block_length: int,
@@ -160,6 +172,7 @@ __all__ = [
     "block_causal_mask",
     "block_diffusion_training_mask",
     "document_mask",
+    "padded_block_causal_mask",
     "positions_in_documents",
     "to_additive_mask",
 ]

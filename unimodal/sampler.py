@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from unimask.unimodal.attention_masks import block_causal_mask
+from unimask.unimodal.attention_masks import padded_block_causal_mask
 from unimask.unimodal.guidance import apply_guidance, apply_three_way_guidance
 from unimask.unimodal.remasking import GeneratorArg, confidence_scores, sample_candidates
 from unimask.unimodal.sampler_config import SamplerConfig, SamplerOutput, SamplingStats
@@ -159,13 +159,9 @@ class MaskedDiffusionSampler:
 
     def _full_forward(self, ids, valid, positions, end, block_length, use_cache):
         """Forward over indices [0, end) with the block-causal mask; padding never attended to."""
-        rows = ids.shape[0]
-        causal = block_causal_mask(end, block_length, device=ids.device)
-        # Every query sees itself so that padding rows never get an empty (NaN) softmax.
-        allowed = (causal & valid[:, None, :end]) | torch.eye(end, dtype=torch.bool, device=ids.device)
         return self.model(
             ids[:, :end],
-            attention_mask=allowed.view(rows, 1, end, end),
+            attention_mask=padded_block_causal_mask(valid[:, :end], block_length),
             position_ids=positions[:, :end],
             past_key_values=None,
             use_cache=use_cache,

@@ -9,6 +9,7 @@ from unimask.unimodal.attention_masks import (
     bidirectional_mask,
     block_causal_mask,
     block_diffusion_training_mask,
+    padded_block_causal_mask,
     positions_in_documents,
     to_additive_mask,
 )
@@ -59,3 +60,13 @@ def test_additive_mask_and_validation():
         block_causal_mask(4, 0)
     with pytest.raises(ValueError, match=r"document_ids must be \(batch, seq_len=4\)"):
         block_causal_mask(4, 2, document_ids=torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_padded_block_causal_mask_hides_padding_keys_and_keeps_each_query_on_itself():
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    mask = padded_block_causal_mask(valid, block_length=2)
+    assert mask.shape == (2, 1, 4, 4)
+    causal = block_causal_mask(4, 2)
+    assert torch.equal(mask[1, 0], causal)
+    assert not mask[0, 0, :3, 3].any()  # the padding key is never seen by a real token
+    assert mask[0, 0, 3].tolist() == [True, True, True, True]  # the padding query sees itself (and its past)
