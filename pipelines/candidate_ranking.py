@@ -10,6 +10,10 @@ the log-probabilities of the true tokens at the masked positions are summed. Wit
 masked at once (``folds`` = 1) the score is a product of independent marginals, which cannot see that the
 words of one object phrase must agree; four folds rank better on the default model (model card,
 "Best-of-N text-to-image").
+
+What is read back is set by ``ranking_source``: ``"codes"`` reads the candidate's generated code grid;
+``"pixels"`` decodes every candidate and reads the grid the image tokenizer gives its pixels, which also
+sees what the decoder drew wrong; ``"codes_and_pixels"`` adds the two scores.
 """
 
 from __future__ import annotations
@@ -24,17 +28,30 @@ from unimask.unimodal.attention_masks import padded_block_causal_mask
 
 RANKING_FOLDS = 4
 DEFAULT_RANKING_QUESTION = "describe the image."
+RANKING_SOURCES = ("codes", "pixels", "codes_and_pixels")
 
 
-def check_ranking_options(num_candidates: int, candidate_temperature: float) -> None:
-    """Raise ``ValueError`` naming the option when ``num_candidates`` is not an int >= 1 or
-    ``candidate_temperature`` is not a number >= 0."""
+def ranking_reads_codes(source: str) -> bool:
+    """Whether ``ranking_source`` scores the generated code grids."""
+    return source in ("codes", "codes_and_pixels")
+
+
+def ranking_reads_pixels(source: str) -> bool:
+    """Whether ``ranking_source`` decodes the candidates and scores their re-encoded pixels."""
+    return source in ("pixels", "codes_and_pixels")
+
+
+def check_ranking_options(num_candidates: int, candidate_temperature: float, ranking_source: str = "codes") -> None:
+    """Raise ``ValueError`` naming the option when ``num_candidates`` is not an int >= 1,
+    ``candidate_temperature`` is not a number >= 0 or ``ranking_source`` is not one of `RANKING_SOURCES`."""
     if not isinstance(num_candidates, int) or isinstance(num_candidates, bool) or num_candidates < 1:
         raise ValueError(f"num_candidates={num_candidates!r} must be an int >= 1 (1 turns ranking off)")
     if isinstance(candidate_temperature, bool) or not isinstance(candidate_temperature, (int, float)) or (
         candidate_temperature < 0
     ):
         raise ValueError(f"candidate_temperature={candidate_temperature!r} must be a number >= 0")
+    if ranking_source not in RANKING_SOURCES:
+        raise ValueError(f"ranking_source={ranking_source!r} must be one of {list(RANKING_SOURCES)}")
 
 
 def answer_ids(builder: SequenceBuilder, text: str, answer_length: int) -> list[int]:
@@ -127,8 +144,11 @@ def rank_candidates(
 __all__ = [
     "DEFAULT_RANKING_QUESTION",
     "RANKING_FOLDS",
+    "RANKING_SOURCES",
     "answer_ids",
     "answer_pseudo_log_likelihood",
     "check_ranking_options",
     "rank_candidates",
+    "ranking_reads_codes",
+    "ranking_reads_pixels",
 ]

@@ -52,6 +52,7 @@ TASK_OPTIONS = (
     "num_candidates",  # text-to-image: images drawn per sample, the one the backbone reads back best kept
     "candidate_temperature",  # text-to-image: sampling temperature of the candidates after the first
     "ranking_question",  # text-to-image: the question whose answer scores a candidate (the prompt)
+    "ranking_source",  # text-to-image: what the ranking reads: "codes", "pixels" (decoded, re-encoded) or both
 )
 ALL_OPTIONS = SAMPLER_OPTIONS + tuple(OPTION_ALIASES) + DECODER_OPTIONS + TASK_OPTIONS
 

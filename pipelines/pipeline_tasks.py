@@ -21,19 +21,22 @@ from typing import Any
 
 import torch
 
-from unimask.decoders.semantic_decoder import TOKEN_PIXELS
+from unimask.decoders.semantic_decoder import TOKEN_PIXELS, SemanticImageDecoder
 from unimask.pipelines.call_inputs import (
     check_count,
     check_output_type,
     check_prompts,
     generators_for,
     images_per_prompt,
+    split_image_batch,
 )
 from unimask.pipelines.candidate_ranking import (
     DEFAULT_RANKING_QUESTION,
     RANKING_FOLDS,
     check_ranking_options,
     rank_candidates,
+    ranking_reads_codes,
+    ranking_reads_pixels,
 )
 from unimask.pipelines.pipeline_base import StageStats, StepCallback, UniPipelineBase
 from unimask.pipelines.pipeline_output import UniPipelineOutput
@@ -220,7 +223,9 @@ class TextToImagePipeline(_TaskPipeline):
         checkpoint's ``image_grid``). thinking: generate ``thinking_length`` reasoning tokens first.
         ``num_candidates`` > 1 (an option): the first image is drawn as without it, the others at
         ``candidate_temperature``, and the one the backbone scores best is kept (stats stage
-        ``candidate_ranking``: the scores and the chosen index per sample).
+        ``candidate_ranking``: the scores and the chosen index per sample). ``ranking_source`` "pixels" or
+        "codes_and_pixels" decodes every candidate (with the turbo decoder) and reads its pixels through the
+        image tokenizer too; with the turbo decoder the kept image is the one decoded for the ranking.
         Returns one image per sample (and the thinking text in ``texts`` when thinking)."""
         prompts = check_prompts(prompt)
         count = check_count(num_images_per_prompt, "num_images_per_prompt")
@@ -255,13 +260,17 @@ class TextToImagePipeline(_TaskPipeline):
             specs, texts = self._think(specs, sampler_options, task_options, generator, stats, callback_on_step_end)
         guidance = "simple" if guided else "none"
         sequences = self.sample(specs, sampler_options, guidance, generator, "image_tokens", stats, callback_on_step_end)
+        decoded = None
         if task_options.get("num_candidates", 1) != 1:
-            sequences = self._best_candidates(
-                specs, sequences, _repeat(prompts, count), sampler_options, task_options, guidance, generator, stats,
-                callback_on_step_end,
+            sequences, decoded = self._best_candidates(
+                specs, sequences, _repeat(prompts, count), sampler_options, decoder_options, task_options, guidance,
+                generator, stats, callback_on_step_end,
             )
         grids = [self._slot_grids(seq, spec)[0] for seq, spec in zip(sequences, specs)]
-        images = self.decode_grids(grids, decoder_options, generator, output_type, stats)
+        if decoded is None or output_type == "tokens":
+            images = self.decode_grids(grids, decoder_options, generator, output_type, stats)
+        else:
+            images = split_image_batch(SemanticImageDecoder.format_images(decoded, output_type))
         output = UniPipelineOutput(
             task=task,
             texts=texts,
@@ -272,13 +281,16 @@ class TextToImagePipeline(_TaskPipeline):
         )
         return output if return_dict else (images,)
 
-    def _best_candidates(self, specs, first, prompts, sampler_options, task_options, guidance, generator, stats,
-                         callback):
+    def _best_candidates(self, specs, first, prompts, sampler_options, decoder_options, task_options, guidance,
+                         generator, stats, callback):
         """Draw ``num_candidates - 1`` more images per sample at ``candidate_temperature`` and keep, per sample,
-        the candidate (``first`` included) whose prompt the backbone reads back best (`candidate_ranking`)."""
+        the candidate (``first`` included) whose prompt the backbone reads back best (`candidate_ranking`) from
+        what ``ranking_source`` names. Returns the kept sequences and, when the ranking decoded the candidates
+        with the call's decoder, the kept images as (3, H, W) tensors in [0, 1] (else None)."""
         count = task_options["num_candidates"]
         temperature = task_options.get("candidate_temperature", 1.0)
-        check_ranking_options(count, temperature)
+        source = task_options.get("ranking_source", "codes")
+        check_ranking_options(count, temperature, source)
         extra = count - 1
         more_generators = _repeat(generator, extra) if isinstance(generator, list) else generator
         more = self.sample(
@@ -286,22 +298,72 @@ class TextToImagePipeline(_TaskPipeline):
             "image_tokens", stats, callback,
         )
         candidates = [[sequence] + more[row * extra : (row + 1) * extra] for row, sequence in enumerate(first)]
-        answer_sampler, _, answer_task = self.generation_defaults.options_for("understanding", {})
+        grids = [self._slot_grids(seq, spec)[0] for spec, group in zip(specs, candidates) for seq in group]
+        decoded, reading_options = None, None
+        if ranking_reads_pixels(source):
+            if self.decoder is None or self.image_tokenizer is None:
+                raise ValueError(
+                    f"ranking_source={source!r} decodes candidates and reads their pixels, which needs a decoder and "
+                    "an image tokenizer; use ranking_source='codes'"
+                )
+            reading_options = self._ranking_decoder_options(decoder_options)
+            candidate_generators = _repeat(generator, count) if isinstance(generator, list) else generator
+            decoded = [
+                image.float().cpu()
+                for image in self.decode_grids(grids, reading_options, candidate_generators, "pt", stats)
+            ]
         started = time.perf_counter()
+        read = ([grids] if ranking_reads_codes(source) else []) + (
+            [self._reencode(decoded, grids)] if decoded is not None else []
+        )
+        answer_sampler, _, answer_task = self.generation_defaults.options_for("understanding", {})
+        scores = torch.zeros(len(grids))
         with self._running("backbone", self.backbone):
-            scores = rank_candidates(
-                self.backbone,
-                self.sequence_builder(),
-                [self._slot_grids(seq, spec)[0] for spec, group in zip(specs, candidates) for seq in group],
-                [prompt for prompt in prompts for _ in range(count)],
-                task_options.get("ranking_question") or DEFAULT_RANKING_QUESTION,
-                answer_task["gen_length"],
-                answer_sampler["block_length"],
-            ).view(len(specs), count)
+            for read_grids in read:
+                scores += rank_candidates(
+                    self.backbone,
+                    self.sequence_builder(),
+                    read_grids,
+                    [prompt for prompt in prompts for _ in range(count)],
+                    task_options.get("ranking_question") or DEFAULT_RANKING_QUESTION,
+                    answer_task["gen_length"],
+                    answer_sampler["block_length"],
+                )
+        scores = scores.view(len(specs), count)
         best = scores.argmax(dim=1).tolist()
-        stats.add("candidate_ranking", RANKING_FOLDS, time.perf_counter() - started,
-                  {"num_candidates": count, "chosen": best, "scores": scores.tolist()})
-        return [group[index] for group, index in zip(candidates, best)]
+        stats.add("candidate_ranking", RANKING_FOLDS * len(read), time.perf_counter() - started,
+                  {"num_candidates": count, "ranking_source": source, "chosen": best, "scores": scores.tolist()})
+        kept = [group[index] for group, index in zip(candidates, best)]
+        if decoded is None or reading_options is not decoder_options:
+            return kept, None
+        return kept, [decoded[row * count + index] for row, index in enumerate(best)]
+
+    def _ranking_decoder_options(self, decoder_options: dict[str, Any]) -> dict[str, Any]:
+        """Decoder options for reading candidates' pixels: the call's when it draws with the turbo decoder, else the
+        turbo decoder with its own defaults (eight normal decodes with guidance would cost more than the sampling);
+        the call's decoder when no turbo decoder can be loaded."""
+        if decoder_options.get("decoder", "turbo") == "turbo":
+            return decoder_options
+        try:
+            self.decoder_for("turbo")
+        except ValueError:
+            return decoder_options
+        variant_settings = ("decoder", "decoder_steps", "decoder_guidance_scale")
+        return {**{k: v for k, v in decoder_options.items() if k not in variant_settings}, "decoder": "turbo"}
+
+    def _reencode(self, images: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The image tokenizer's code grids of decoded ``images`` ((3, H, W) in [0, 1]), each sized back to its
+        generated grid's (h, w) tokens so the two line up."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, grid in enumerate(grids):
+            by_size.setdefault((grid.shape[0] * TOKEN_PIXELS, grid.shape[1] * TOKEN_PIXELS), []).append(index)
+        regrids: list[torch.Tensor | None] = [None] * len(grids)
+        with self._running("image_tokenizer", self.image_tokenizer):
+            for size, indices in by_size.items():
+                encoded = self.image_tokenizer.encode([images[i] for i in indices], target_size=size).ids_list()
+                for index, ids in zip(indices, encoded):
+                    regrids[index] = ids.cpu()
+        return regrids
 
     def _think(self, specs, sampler_options, task_options, generator, stats, callback):
         """Generate the thinking spans (no guidance), then return image specs conditioned on them."""

@@ -93,7 +93,57 @@ def test_pipeline_ranks_with_the_real_score(pipe):
     assert ranking["chosen"] == [int(scores.argmax())]
 
 
+def test_pixel_ranking_reads_the_decoded_candidates_and_returns_the_kept_one(pipe, monkeypatch):
+    seen = []
+
+    def scripted_scores(backbone, builder, grids, prompts, question, answer_length, block_length, folds=4):
+        seen.append([grid.clone() for grid in grids])
+        return torch.tensor([0.0, 3.0, 1.0])
+
+    monkeypatch.setattr(pipeline_tasks, "rank_candidates", scripted_scores)
+    out = pipe.text_to_image("a red circle", num_candidates=3, ranking_source="pixels", output_type="pt",
+                             generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and len(seen[0]) == 3
+    kept = out.images[0][0]
+    h, w = seen[0][1].shape
+    # what the ranking read for the kept candidate is the tokenizer's reading of the image returned
+    reread = pipe.image_tokenizer.encode([kept.float()], target_size=(h * 16, w * 16)).ids_list()[0]
+    assert torch.equal(reread.cpu(), seen[0][1])
+    ranking = out.stats["stages"]["candidate_ranking"]
+    assert ranking["chosen"] == [1] and ranking["ranking_source"] == "pixels"
+    assert out.stats["stages"]["decoder"]["images"] == 3  # every candidate decoded once, none again
+
+
+def test_pixel_ranking_reads_turbo_pixels_when_the_normal_decoder_draws(pipe, monkeypatch):
+    monkeypatch.setattr(pipeline_tasks, "rank_candidates", lambda *args, **kwargs: torch.tensor([0.0, 1.0]))
+    out = pipe.text_to_image("a red circle", num_candidates=2, ranking_source="pixels", decoder="normal",
+                             output_type="pil", generator=torch.Generator().manual_seed(0))
+    ranking_decode, output_decode = out.stats["stages"]["decoder"]
+    assert (ranking_decode["variant"], ranking_decode["images"]) == ("turbo", 2)
+    assert (output_decode["variant"], output_decode["images"]) == ("normal", 1)
+    assert len(out.images) == 1 and out.stats["stages"]["candidate_ranking"]["chosen"] == [1]
+
+
+def test_codes_and_pixels_ranking_adds_the_two_scores(pipe, monkeypatch):
+    calls = iter([torch.tensor([2.0, 0.0, 0.0, 0.0]), torch.tensor([-5.0, 1.0, 0.0, 1.0])])
+    monkeypatch.setattr(pipeline_tasks, "rank_candidates", lambda *args, **kwargs: next(calls))
+    out = pipe.text_to_image(["a red circle", "a blue square"], num_candidates=2, ranking_source="codes_and_pixels",
+                             output_type="pil", generator=torch.Generator().manual_seed(0))
+    ranking = out.stats["stages"]["candidate_ranking"]
+    assert ranking["scores"] == [[-3.0, 1.0], [0.0, 1.0]] and ranking["chosen"] == [1, 1]
+    assert out.stats["nfe"]["candidate_ranking"] == 8 and len(out.images) == 2 and out.images[1][0].size == out.images[0][0].size
+
+
+def test_pixel_ranking_without_a_decoder_is_a_value_error(pipe):
+    codes_only = pipeline_tasks.TextToImagePipeline.from_pipe(pipe, decoder=None)
+    with pytest.raises(ValueError, match="ranking_source='codes_and_pixels'.*needs a decoder"):
+        codes_only("a red circle", num_candidates=2, ranking_source="codes_and_pixels", output_type="tokens")
+    out = codes_only("a red circle", num_candidates=2, output_type="tokens")
+    assert out.stats["stages"]["candidate_ranking"]["ranking_source"] == "codes"
+
+
 @pytest.mark.parametrize("options, name", [({"num_candidates": 0}, "num_candidates"),
+                                           ({"num_candidates": 2, "ranking_source": "text"}, "ranking_source"),
                                            ({"num_candidates": 2.5}, "num_candidates"),
                                            ({"num_candidates": 2, "candidate_temperature": -1.0}, "candidate_temperature")])
 def test_bad_ranking_options_are_value_errors(pipe, options, name):

@@ -152,9 +152,10 @@ GENERATION_DEFAULTS = {
     # only background; the adaptive schedule (4 codes a step) with guidance draws the objects. One code a step
     # (64 steps) read 0.61 / 0.61 -> 0.70 / 0.60 strict on seeds 0 / 1 at 100 a type for four times the passes.
     # Best of NUM_CANDIDATES images, ranked by how well the backbone reads the prompt back from each (the first
-    # drawn as before, the others at temperature 1): docs/model-card.md, "Best-of-N text-to-image".
+    # drawn as before, the others at temperature 1): docs/model-card.md, "Best-of-N text-to-image". It reads both
+    # the codes and the decoded pixels re-encoded: "Ranking on pixels too".
     "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
-                      "num_candidates": NUM_CANDIDATES},
+                      "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"},
     "thinking": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
                  "thinking_length": 32, "thinking_steps": 16},
     # Text guidance 0.5 edits better than 1.0 on three suite seeds (60 a type: +2.8 points in distribution, all three
