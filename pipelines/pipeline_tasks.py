@@ -16,6 +16,7 @@ sample and keeps the one whose prompt the backbone reads back best (`candidate_r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -366,7 +367,11 @@ class TextToImagePipeline(_TaskPipeline):
         return regrids
 
     def _think(self, specs, sampler_options, task_options, generator, stats, callback):
-        """Generate the thinking spans (no guidance), then return image specs conditioned on them."""
+        """Generate the thinking spans (no guidance), then return image specs conditioned on them.
+
+        A span with no text before its end-of-sequence is dropped with its ``<think>`` ``</think>`` markers, so
+        the image is conditioned as without thinking: a model that writes no thought (the Shapes World model was
+        never trained to think) would otherwise draw after a run of end-of-sequence ids it never saw there."""
         heads = []
         for spec in specs:
             header_start = spec.image_slots[0].start - 4  # <|image|> h w <boi>
@@ -375,13 +380,18 @@ class TextToImagePipeline(_TaskPipeline):
         thought = self.sample(heads, thinking_options, "none", generator, "thinking", stats, callback)
         image_specs, texts = [], []
         for spec, head, filled in zip(specs, heads, thought):
-            texts.append(self.decode_text(generated_text_ids(filled, head, self.token_layout)))
+            thought_ids = generated_text_ids(filled, head, self.token_layout)
+            texts.append(self.decode_text(thought_ids))
             cut = len(head)
+            kept = filled.tolist()
+            if not thought_ids:
+                kept = kept[: head.generated_positions()[0] - 1]  # up to <think>
+            shift = len(kept) - cut
             image_specs.append(
                 SequenceSpec(
-                    filled.tolist() + spec.input_ids[cut:],
-                    [int(TokenKind.PROMPT)] * cut + spec.token_kinds[cut:],
-                    list(spec.image_slots),
+                    kept + spec.input_ids[cut:],
+                    [int(TokenKind.PROMPT)] * len(kept) + spec.token_kinds[cut:],
+                    [dataclasses.replace(slot, start=slot.start + shift) for slot in spec.image_slots],
                     uncond=spec.uncond,
                 )
             )

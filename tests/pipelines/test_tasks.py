@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from unimask.pipelines import UniPipelineOutput
+from unimask.tokenizers.sequence_builders import THINKING_TEXT_TO_IMAGE_SYSTEM_PROMPT
+from unimask.tokenizers.token_layout import encode_plain
 
 CODEBOOK = 64
 
@@ -54,10 +56,34 @@ def test_thinking_mode_generates_text_then_image(pipe):
     assert all(isinstance(text, str) for text in out.texts)
     assert set(out.stats["nfe"]) >= {"thinking", "image_tokens"}
     layout = pipe.token_layout
-    for sequence in out.token_ids:
+    for sequence, text in zip(out.token_ids, out.texts):
         ids = sequence.tolist()
-        assert ids.index(layout.think_end_id) < ids.index(layout.boi_id)
+        if text:  # an empty thought is dropped with its markers (the next tests)
+            assert ids.index(layout.think_end_id) < ids.index(layout.boi_id)
         assert layout.mask_id not in ids
+
+
+def test_thinking_keeps_a_written_thought_between_its_markers(pipe, scripted_pipe):
+    layout = pipe.token_layout
+    word = encode_plain(pipe.text_tokenizer, "red")
+    out = scripted_pipe([[0] + word])("a circle", thinking=True, output_type="tokens")  # offset 0 is <think>
+    ids = out.token_ids[0].tolist()
+    start = ids.index(layout.think_start_id)
+    assert ids[start + 1 : start + 1 + len(word)] == word and out.texts[0].strip() == "red"
+    assert ids.index(layout.think_end_id) < ids.index(layout.boi_id)
+
+
+def test_thinking_drops_an_empty_thought_with_its_markers(pipe, scripted_pipe):
+    layout = pipe.token_layout
+    out = scripted_pipe([[0]])("a circle", thinking=True, output_type="tokens")  # end-of-sequence at once
+    ids = out.token_ids[0].tolist()
+    assert out.texts == [""] and layout.think_start_id not in ids and layout.think_end_id not in ids
+    h, w = out.images[0][0].shape
+    plain = pipe.sequence_builder().text_to_image("a circle", h, w, cfg=False,
+                                                  system_prompt=THINKING_TEXT_TO_IMAGE_SYSTEM_PROMPT)
+    slot = plain.image_slots[0]
+    assert ids[: slot.start] == plain.input_ids[: slot.start]  # conditioned as without thinking
+    assert torch.equal(torch.tensor(ids[slot.start : slot.end]) - layout.image_token_offset, out.images[0][0].reshape(-1))
 
 
 @pytest.mark.parametrize("output_type", ["pil", "tokens"])

@@ -99,6 +99,7 @@ from unimask.shapes.build_plan import (
     BuildPaths,
     recipe_path,
 )
+from unimask.tokenizers.sequence_builders import TEXT_TO_IMAGE_SYSTEM_PROMPT
 
 __all__ = ["STAGES", "BuildPaths", "run_stage", "build", "main"]
 
@@ -156,8 +157,12 @@ GENERATION_DEFAULTS = {
     # the codes and the decoded pixels re-encoded: "Ranking on pixels too".
     "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
                       "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"},
+    # The model was never trained to think: it writes an empty thought, which the pipeline drops, and it knows only
+    # the text-to-image system prompt; so thinking draws as text-to-image does, with the same ranking
+    # (docs/model-card.md, "Thinking on a model that does not think").
     "thinking": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
-                 "thinking_length": 32, "thinking_steps": 16},
+                 "thinking_length": 32, "thinking_steps": 16, "system_prompt": TEXT_TO_IMAGE_SYSTEM_PROMPT,
+                 "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"},
     # Text guidance 0.5 edits better than 1.0 on three suite seeds (60 a type: +2.8 points in distribution, all three
     # ahead; +0.8 held out; multi-reference the same), docs/model-card.md, "The pixel-trained draft".
     # Edits and interleaved steps keep their source's pixels where their codes did not change (docs/model-card.md,
