@@ -42,6 +42,7 @@ from unimask.pipelines.candidate_ranking import (
 from unimask.pipelines.pipeline_base import StageStats, StepCallback, UniPipelineBase
 from unimask.pipelines.pipeline_output import UniPipelineOutput
 from unimask.pipelines.sequence_batching import generated_text_ids
+from unimask.tokenizers.image_preprocessing import TOKEN_PIXELS as IMAGE_TOKEN_PIXELS
 from unimask.tokenizers.sequence_builders import ChatMessage, SequenceSpec
 from unimask.tokenizers.token_layout import TokenKind
 
@@ -314,9 +315,10 @@ class TextToImagePipeline(_TaskPipeline):
                 for image in self.decode_grids(grids, reading_options, candidate_generators, "pt", stats)
             ]
         started = time.perf_counter()
-        read = ([grids] if ranking_reads_codes(source) else []) + (
-            [self._reencode(decoded, grids)] if decoded is not None else []
-        )
+        read = [grids] if ranking_reads_codes(source) else []
+        if decoded is not None:
+            # Every candidate of a call has the call's (h, w) grid: re-encode at that many tokens.
+            read += self.encode_images([decoded], [side * IMAGE_TOKEN_PIXELS for side in grids[0].shape])
         answer_sampler, _, answer_task = self.generation_defaults.options_for("understanding", {})
         scores = torch.zeros(len(grids))
         with self._running("backbone", self.backbone):
@@ -351,20 +353,6 @@ class TextToImagePipeline(_TaskPipeline):
             return decoder_options
         variant_settings = ("decoder", "decoder_steps", "decoder_guidance_scale")
         return {**{k: v for k, v in decoder_options.items() if k not in variant_settings}, "decoder": "turbo"}
-
-    def _reencode(self, images: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The image tokenizer's code grids of decoded ``images`` ((3, H, W) in [0, 1]), each sized back to its
-        generated grid's (h, w) tokens so the two line up."""
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, grid in enumerate(grids):
-            by_size.setdefault((grid.shape[0] * TOKEN_PIXELS, grid.shape[1] * TOKEN_PIXELS), []).append(index)
-        regrids: list[torch.Tensor | None] = [None] * len(grids)
-        with self._running("image_tokenizer", self.image_tokenizer):
-            for size, indices in by_size.items():
-                encoded = self.image_tokenizer.encode([images[i] for i in indices], target_size=size).ids_list()
-                for index, ids in zip(indices, encoded):
-                    regrids[index] = ids.cpu()
-        return regrids
 
     def _think(self, specs, sampler_options, task_options, generator, stats, callback):
         """Generate the thinking spans (no guidance), then return image specs conditioned on them.
