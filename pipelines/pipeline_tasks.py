@@ -357,9 +357,11 @@ class TextToImagePipeline(_TaskPipeline):
     def _think(self, specs, sampler_options, task_options, generator, stats, callback):
         """Generate the thinking spans (no guidance), then return image specs conditioned on them.
 
-        A span with no text before its end-of-sequence is dropped with its ``<think>`` ``</think>`` markers, so
-        the image is conditioned as without thinking: a model that writes no thought (the Shapes World model was
-        never trained to think) would otherwise draw after a run of end-of-sequence ids it never saw there."""
+        A span with no readable text before its end-of-sequence (nothing, or only special ids: the text
+        vocabulary keeps the image markers and size tokens) is dropped with its ``<think>`` ``</think>`` markers,
+        so the image is conditioned as without thinking: a model that writes no thought (the Shapes World model
+        was never trained to think, and often writes an image header there) would otherwise draw after a run of
+        ids it never saw there."""
         heads = []
         for spec in specs:
             header_start = spec.image_slots[0].start - 4  # <|image|> h w <boi>
@@ -368,11 +370,12 @@ class TextToImagePipeline(_TaskPipeline):
         thought = self.sample(heads, thinking_options, "none", generator, "thinking", stats, callback)
         image_specs, texts = [], []
         for spec, head, filled in zip(specs, heads, thought):
-            thought_ids = generated_text_ids(filled, head, self.token_layout)
-            texts.append(self.decode_text(thought_ids))
+            text = self.decode_text(generated_text_ids(filled, head, self.token_layout))
+            written = bool(text.strip())
+            texts.append(text if written else "")
             cut = len(head)
             kept = filled.tolist()
-            if not thought_ids:
+            if not written:
                 kept = kept[: head.generated_positions()[0] - 1]  # up to <think>
             shift = len(kept) - cut
             image_specs.append(

@@ -73,9 +73,12 @@ def test_thinking_keeps_a_written_thought_between_its_markers(pipe, scripted_pip
     assert ids.index(layout.think_end_id) < ids.index(layout.boi_id)
 
 
-def test_thinking_drops_an_empty_thought_with_its_markers(pipe, scripted_pipe):
+@pytest.mark.parametrize("thought", ["nothing", "image header"])
+def test_thinking_drops_an_empty_thought_with_its_markers(pipe, scripted_pipe, thought):
     layout = pipe.token_layout
-    out = scripted_pipe([[0]])("a circle", thinking=True, output_type="tokens")  # end-of-sequence at once
+    # End-of-sequence at once, or only special ids the text vocabulary allows (no readable text).
+    written = [] if thought == "nothing" else [layout.image_start_id, layout.boi_id]
+    out = scripted_pipe([[0] + written])("a circle", thinking=True, output_type="tokens")
     ids = out.token_ids[0].tolist()
     assert out.texts == [""] and layout.think_start_id not in ids and layout.think_end_id not in ids
     h, w = out.images[0][0].shape
