@@ -151,9 +151,11 @@ def test_demo_on_shipped_model(shipped, tmp_path):
     page = render_report(entries, "shapes-default", sum(entry["time_s"] for entry in entries))
     assert all(f'<section id="{task}">' in page for task in DEMO_TASKS)
     assert not [entry["task"] for entry in entries if entry["error"]]
-    # Every task but chat is checked; the shipped model gets none of the seed-0 samples right yet
-    # (docs/model-card.md), so the check is that a verdict exists, not that it is correct.
-    assert all(entry["verdict"] is not None for entry in entries if entry["task"] != "chat")
+    # Every task but chat is checked. 2026-12-07: 5 of the 6 checked samples right (the interleaved one is wrong;
+    # 4 of 6 before thinking dropped header-only thoughts), so the floor asks for 3.
+    verdicts = [entry["verdict"] for entry in entries if entry["task"] != "chat"]
+    assert all(verdict is not None for verdict in verdicts)
+    assert sum(verdict["correct"] for verdict in verdicts) >= 3, verdicts
 
 
 @pytest.mark.parametrize("split", ["in_distribution", "held_out"])
