@@ -143,26 +143,26 @@ BLOCK_LENGTH = 1024
 # "One position a step").
 ONE_POSITION_A_STEP = BLOCK_LENGTH
 NUM_CANDIDATES = 8
+# With one code per background colour a single pass (the fixed quota of a 1024 block) draws almost
+# only background; the adaptive schedule (4 codes a step) with guidance draws the objects. One code a step
+# (64 steps) read 0.61 / 0.61 -> 0.70 / 0.60 strict on seeds 0 / 1 at 100 a type for four times the passes.
+# Best of NUM_CANDIDATES images, ranked by how well the backbone reads the prompt back from each (the first
+# drawn as before, the others at temperature 1): docs/model-card.md, "Best-of-N text-to-image". It reads both
+# the codes and the decoded pixels re-encoded: "Ranking on pixels too".
+TEXT_TO_IMAGE_DEFAULTS = {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
+                          "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"}
 GENERATION_DEFAULTS = {
     "common": {"block_length": BLOCK_LENGTH, "threshold": 0.9, "temperature": 0.0, "decoder": "turbo",
                "resolution_multiplier": 1, "image_size": "shapes_world", "image_grid": [8, 8],
                "gen_length": ANSWER_LENGTH},
     "understanding": {"num_inference_steps": ONE_POSITION_A_STEP},
     "chat": {"num_inference_steps": ONE_POSITION_A_STEP},
-    # With one code per background colour a single pass (the fixed quota of a 1024 block) draws almost
-    # only background; the adaptive schedule (4 codes a step) with guidance draws the objects. One code a step
-    # (64 steps) read 0.61 / 0.61 -> 0.70 / 0.60 strict on seeds 0 / 1 at 100 a type for four times the passes.
-    # Best of NUM_CANDIDATES images, ranked by how well the backbone reads the prompt back from each (the first
-    # drawn as before, the others at temperature 1): docs/model-card.md, "Best-of-N text-to-image". It reads both
-    # the codes and the decoded pixels re-encoded: "Ranking on pixels too".
-    "text_to_image": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
-                      "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"},
-    # The model was never trained to think: it writes an empty thought, which the pipeline drops, and it knows only
-    # the text-to-image system prompt; so thinking draws as text-to-image does, with the same ranking
-    # (docs/model-card.md, "Thinking on a model that does not think").
-    "thinking": {"num_inference_steps": 16, "guidance_scale": 2.0, "schedule": "adaptive", "threshold": 1.0,
-                 "thinking_length": 32, "thinking_steps": 16, "system_prompt": TEXT_TO_IMAGE_SYSTEM_PROMPT,
-                 "num_candidates": NUM_CANDIDATES, "ranking_source": "codes_and_pixels"},
+    "text_to_image": TEXT_TO_IMAGE_DEFAULTS,
+    # The model was never trained to think: it writes an empty or header-only thought, which the pipeline drops, and
+    # it knows only the text-to-image system prompt; so thinking draws as text-to-image does, with the same sampling
+    # and ranking (docs/model-card.md, "Thinking on a model that does not think").
+    "thinking": {**TEXT_TO_IMAGE_DEFAULTS, "thinking_length": 32, "thinking_steps": 16,
+                 "system_prompt": TEXT_TO_IMAGE_SYSTEM_PROMPT},
     # Text guidance 0.5 edits better than 1.0 on three suite seeds (60 a type: +2.8 points in distribution, all three
     # ahead; +0.8 held out; multi-reference the same), docs/model-card.md, "The pixel-trained draft".
     # Edits and interleaved steps keep their source's pixels where their codes did not change (docs/model-card.md,
