@@ -53,6 +53,8 @@ TASK_OPTIONS = (
     "candidate_temperature",  # text-to-image: sampling temperature of the candidates after the first
     "ranking_question",  # text-to-image: the question whose answer scores a candidate (the prompt)
     "ranking_source",  # text-to-image: what the ranking reads: "codes", "pixels" (decoded, re-encoded) or both
+    "step_images",  # interleaved: "in_context" (an image round continues the sequence) or "tasks"
+    "step_prompt_patterns",  # interleaved "tasks": [first, later] regexes whose group 1 is a step's prompt
 )
 ALL_OPTIONS = SAMPLER_OPTIONS + tuple(OPTION_ALIASES) + DECODER_OPTIONS + TASK_OPTIONS
 

@@ -182,6 +182,21 @@ class UniPipelineBase(DiffusionPipeline):
             new._progress_bar_config = dict(pipeline._progress_bar_config)
         return new
 
+    def sibling(self, cls: type[UniPipelineBase]) -> UniPipelineBase:
+        """A ``cls`` pipeline on this pipeline's modules (built once, then cached), sharing its generation
+        defaults, loaded decoder variants, offload state and progress-bar settings as they are now."""
+        cache = self.__dict__.setdefault("_siblings", {})
+        if cls not in cache:
+            cache[cls] = cls.from_pipe(self)
+        pipeline = cache[cls]
+        pipeline.generation_defaults = self.generation_defaults
+        pipeline._offload_device = self._offload_device
+        pipeline.offload_history = self.offload_history
+        pipeline._decoders = self._decoders
+        if hasattr(self, "_progress_bar_config"):
+            pipeline._progress_bar_config = dict(self._progress_bar_config)
+        return pipeline
+
     @classmethod
     def from_pretrained(
         cls,

@@ -43,17 +43,8 @@ class UniPipeline(UniPipelineBase):
     """Routes a call to the task pipeline its inputs ask for (see the module docstring)."""
 
     def task_pipeline(self, task: str) -> UniPipelineBase:
-        """The pipeline of ``task`` built on this pipeline's modules (cached)."""
-        cache = self.__dict__.setdefault("_task_pipelines", {})
-        cls = TASK_PIPELINES[task]
-        if cls not in cache:
-            cache[cls] = cls.from_pipe(self)
-        pipeline = cache[cls]
-        pipeline.generation_defaults = self.generation_defaults
-        pipeline._offload_device = self._offload_device
-        pipeline.offload_history = self.offload_history
-        pipeline._decoders = self._decoders
-        return pipeline
+        """The pipeline of ``task`` built on this pipeline's modules (cached; `UniPipelineBase.sibling`)."""
+        return self.sibling(TASK_PIPELINES[task])
 
     @property
     def understanding(self) -> UnderstandingPipeline:

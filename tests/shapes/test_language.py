@@ -9,6 +9,7 @@ import pytest
 
 from unimask.shapes.language import (
     EDIT_KINDS,
+    LATER_STEP_SENTENCE,
     QUESTION_KINDS,
     caption,
     multi_reference_edit,
@@ -18,6 +19,7 @@ from unimask.shapes.language import (
     sample_interleaved,
     sample_multi_reference,
     sample_question,
+    step_prompt_patterns,
     training_corpus,
 )
 from unimask.shapes.scene import CELLS, MAX_JITTER, Scene, ShapeObject, sample_scene
@@ -230,3 +232,17 @@ def test_training_corpus_covers_the_grammar_without_held_out_pairs(rng):
         assert question.kind == "describe" or question.answer in vocabulary
         assert sample_edit(rng, scene).instruction in vocabulary
         assert sample_multi_reference(rng)[2].instruction in vocabulary
+
+
+def test_step_prompt_patterns_cut_the_caption_and_instruction_out_of_step_sentences(rng):
+    from unimask.pipelines.pipeline_interleaved import check_step_prompt_patterns, step_prompt
+
+    first, later = check_step_prompt_patterns(step_prompt_patterns())
+    for _ in range(200):
+        request, steps = sample_interleaved(rng)
+        assert step_prompt(steps[0].text, first) == caption(steps[0].scene)
+        for step in steps[1:]:
+            instruction = step_prompt(step.text, later)
+            assert f", then {instruction}" in request
+            assert LATER_STEP_SENTENCE.format(instruction=instruction) == step.text
+    assert first.search("then make the circle red.") is None, "a later step is not taken for a first one"

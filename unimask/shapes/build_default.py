@@ -99,6 +99,7 @@ from unimask.shapes.build_plan import (
     BuildPaths,
     recipe_path,
 )
+from unimask.shapes.language import step_prompt_patterns
 from unimask.tokenizers.sequence_builders import TEXT_TO_IMAGE_SYSTEM_PROMPT
 
 __all__ = ["STAGES", "BuildPaths", "run_stage", "build", "main"]
@@ -169,8 +170,11 @@ GENERATION_DEFAULTS = {
     # "Unchanged patches kept").
     "edit": {"num_inference_steps": ONE_POSITION_A_STEP, "text_guidance_scale": 0.5, "image_guidance_scale": 0.0,
              "copy_unchanged_patches": True},
+    # Step images are drawn by the text-to-image and edit tasks from the step sentences the model writes, cut to
+    # the prompts those tasks were trained on (docs/model-card.md, "Interleaved step images by the tasks").
     "interleaved": {"num_inference_steps": ONE_POSITION_A_STEP, "guidance_scale": 1.0,
-                    "gen_length": INTERLEAVED_TEXT_LENGTH, "max_images": 4, "copy_unchanged_patches": True},
+                    "gen_length": INTERLEAVED_TEXT_LENGTH, "max_images": 4, "copy_unchanged_patches": True,
+                    "step_images": "tasks", "step_prompt_patterns": step_prompt_patterns()},
 }
 
 

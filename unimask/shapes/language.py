@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "count", "location", "size
 EDIT_KINDS: tuple[str, ...] = ("recolour", "move", "remove", "add", "background", "resize")
 MULTI_REFERENCE_INSTRUCTION = "put the {shape} from the first image into the second image"
 MIN_STEPS, MAX_STEPS = 2, 4
+# An interleaved answer's step sentences: the first draws a caption, each later one applies an instruction.
+FIRST_STEP_SENTENCE = "first, draw {caption}."
+LATER_STEP_SENTENCE = "then {instruction}."
 
 
 # ----------------------------------------------------------------------------- phrases
@@ -303,14 +307,26 @@ def sample_interleaved(
         raise ValueError(f"num_steps={num_steps} must be in [{MIN_STEPS}, {MAX_STEPS}]")
     scene = sample_scene(rng, allow_held_out=allow_held_out)
     drawing = f"draw {caption(scene)}"
-    steps = [InterleavedStep(f"first, {drawing}.", scene)]
+    steps = [InterleavedStep(FIRST_STEP_SENTENCE.format(caption=caption(scene)), scene)]
     clauses = [drawing]
     for _ in range(num_steps - 1):
         edit = sample_edit(rng, steps[-1].scene, allow_held_out=allow_held_out)
-        steps.append(InterleavedStep(f"then {edit.instruction}.", edit.target))
+        steps.append(InterleavedStep(LATER_STEP_SENTENCE.format(instruction=edit.instruction), edit.target))
         clauses.append(edit.instruction)
     request = f"show {NUMBER_WORDS[num_steps]} steps: " + ", then ".join(clauses) + "."
     return request, steps
+
+
+def step_prompt_patterns() -> list[str]:
+    """The two regular expressions (first step, later steps) whose group 1 is a step sentence's caption or
+    instruction: the text-to-image prompt and the edit instruction of its image (the interleaved pipeline's
+    ``step_prompt_patterns``)."""
+
+    def pattern(template: str, field_name: str) -> str:
+        before, after = template.split("{" + field_name + "}")
+        return f"^{re.escape(before)}(.+){re.escape(after)}$".replace("\\ ", " ")
+
+    return [pattern(FIRST_STEP_SENTENCE, "caption"), pattern(LATER_STEP_SENTENCE, "instruction")]
 
 
 # ----------------------------------------------------------------------------- corpus
