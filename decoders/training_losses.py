@@ -20,10 +20,9 @@ from diffusers import AutoencoderKL
 from diffusers.utils.torch_utils import randn_tensor
 
 from unimask.decoders.flow_schedule import REFERENCE_TIME_SHIFT
+from unimask.decoders.semantic_decoder import TOKEN_PIXELS
 from unimask.decoders.vae_latents import encode_pixels, vae_downsampling_factor
 from unimask.decoders.velocity import DecoderCondition, predict_velocity, reads_cell_features
-
-TOKEN_PIXELS = 16
 
 
 def check_decoder_batch(batch: dict, decoder_parts, need_tokens: bool = True) -> None:
