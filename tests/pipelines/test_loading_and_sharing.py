@@ -42,6 +42,19 @@ def test_task_pipelines_share_module_storage(pipe):
     assert isinstance(pipe.text_to_image, TextToImagePipeline) and pipe.text_to_image is pipe.text_to_image
 
 
+def test_sibling_pipelines_follow_the_parent_settings(pipe):
+    parent = UniPipeline.from_pipe(pipe)
+    parent.set_progress_bar_config(disable=True)
+    step_pipeline = parent.interleaved.sibling(TextToImagePipeline)  # as interleaved "tasks" steps get it
+    assert step_pipeline is parent.interleaved.sibling(TextToImagePipeline)
+    assert step_pipeline.backbone is pipe.backbone and step_pipeline._decoders is parent._decoders
+    parent.set_progress_bar_config(disable=False, leave=False)
+    assert parent.text_to_image._progress_bar_config == {"disable": False, "leave": False}
+    assert parent.interleaved.sibling(TextToImagePipeline)._progress_bar_config == {"disable": False, "leave": False}
+    parent.generation_defaults = parent.generation_defaults.updated({"edit": {"num_inference_steps": 3}})
+    assert parent.edit.generation_defaults is parent.generation_defaults
+
+
 def test_tiny_official_layout_is_detected_and_resolved(pipe, tiny_root):
     assert detect_layout(tiny_root) == "official"
     layout = pipe.token_layout
