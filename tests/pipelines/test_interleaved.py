@@ -129,9 +129,9 @@ def test_step_images_by_tasks_draw_the_first_image_then_edit_it(pipe, scripted_p
             layout.size_token(2), layout.size_token(2), layout.boi_id]
 
 
-def test_step_images_by_tasks_match_in_context_output_forms(pipe, scripted_pipe):
+def test_step_images_by_tasks_come_in_every_output_form(pipe, scripted_pipe):
     scripted = scripted_pipe(_scripts(pipe, [(2, 2), (2, 2)]))
-    for output_type in ("pil", "tokens"):
+    for output_type in ("pil", "np", "tokens"):
         out = scripted.interleaved(["one", "two"], output_type=output_type, step_images="tasks", max_images=2,
                                    generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
         kinds = ["text" if isinstance(part, str) else "image" for part in out.parts[1]]
@@ -140,6 +140,8 @@ def test_step_images_by_tasks_match_in_context_output_forms(pipe, scripted_pipe)
             assert len(images) == 2
             if output_type == "pil":
                 assert all(isinstance(image, PIL.Image.Image) and image.size == (32, 32) for image in images)
+            elif output_type == "np":
+                assert all(image.shape == (32, 32, 3) and 0 <= image.min() <= image.max() <= 1 for image in images)
             else:
                 assert all(tuple(image.shape) == (2, 2) for image in images)
 
