@@ -64,8 +64,8 @@ class _Sample:
     done: bool = False
     sequence: list[int] = field(default_factory=list)
     stop_reason: str = ""
-    # step_images="tasks": the pending step's prompt and header, and the images drawn so far ((3, H, W) in [0, 1])
-    step_prompt: str = ""
+    # step_images="tasks": the pending step's sentence and header, and the images drawn so far ((3, H, W) in [0, 1])
+    step_sentence: str = ""
     header: list[int] = field(default_factory=list)
     step_images: list[torch.Tensor] = field(default_factory=list)
 
@@ -191,12 +191,9 @@ class InterleavedPipeline(UniPipelineBase):
                     previous = len(grids)
                     grids.append(torch.from_numpy(part.codes))
                     owners.append(row)
-        if by_task:
+        if by_task and output_type != "tokens":
             drawn = [image for sample in samples for image in sample.step_images]
-            if output_type == "tokens":
-                decoded = iter(grid.clone() for grid in grids)
-            else:
-                decoded = iter(split_image_batch(SemanticImageDecoder.format_images(drawn, output_type)) if drawn else [])
+            decoded = iter(split_image_batch(SemanticImageDecoder.format_images(drawn, output_type)) if drawn else [])
         else:
             grid_generators = [samples[o].generator for o in owners] if isinstance(generators, list) else generators
             decoded = iter(self.decode_grids(grids, decoder_options, grid_generators, output_type, stats, references))
@@ -235,7 +232,7 @@ class InterleavedPipeline(UniPipelineBase):
     def _finish(self, sample: _Sample, sequence: list[int], reason: str) -> None:
         sample.sequence, sample.done, sample.stop_reason = sequence, True, reason
 
-    def _after_text(self, sample, sequence, builder, limit, max_length, guided, stats, by_task=False) -> None:
+    def _after_text(self, sample, sequence, builder, limit, max_length, guided, stats, by_task) -> None:
         """Look for an image opening in the text just generated; set up the image round (``by_task``: the
         step image drawn by a task) or finish."""
         layout = self.token_layout
@@ -261,7 +258,7 @@ class InterleavedPipeline(UniPipelineBase):
             return
         if by_task:
             start = text_positions[0]
-            sample.step_prompt = self.decode_text(ids[start:opening])
+            sample.step_sentence = self.decode_text(ids[start:opening])
             sample.header = prefix
             sample.kind = "step_image"
         else:
@@ -309,18 +306,18 @@ class InterleavedPipeline(UniPipelineBase):
         layout = self.token_layout
         per_sample = isinstance(generator, list)
         batches: dict[tuple, list[int]] = {}
+        prompts: dict[int, str] = {}
         for i, sample in enumerate(group):
             first = not sample.step_images
             pattern = None if patterns is None else patterns[0 if first else 1]
-            sample.step_prompt = step_prompt(sample.step_prompt, pattern)
-            if not sample.step_prompt:
+            prompts[i] = step_prompt(sample.step_sentence, pattern)
+            if not prompts[i]:
                 self._finish(sample, sample.header[:-4] + [layout.eos_id], "no_step_text")
                 continue
             key = ("text_to_image", *sample.header[-3:-1]) if first else ("edit",)
             batches.setdefault(key, []).append(i)
         for key, rows in batches.items():
             samples = [group[i] for i in rows]
-            prompts = [sample.step_prompt for sample in samples]
             options = {
                 "generator": [generator[i] for i in rows] if per_sample else generator,
                 "output_type": "pt",
@@ -329,10 +326,10 @@ class InterleavedPipeline(UniPipelineBase):
             }
             if key[0] == "text_to_image":
                 grid = [layout.token_to_size(token) for token in key[1:]]
-                output = self.sibling(TextToImagePipeline)(prompts, image_grid=grid, **options)
+                output = self.sibling(TextToImagePipeline)([prompts[i] for i in rows], image_grid=grid, **options)
             else:
                 sources = [sample.step_images[-1] for sample in samples]
-                output = self.sibling(ImageEditPipeline)(prompts, sources, **options)
+                output = self.sibling(ImageEditPipeline)([prompts[i] for i in rows], sources, **options)
             stats.add(f"step_{key[0]}", sum(output.stats["nfe"].values()), output.stats["total_time_s"],
                       output.stats["stages"])
             images = [drawn[0].float().cpu() for drawn in output.images]
