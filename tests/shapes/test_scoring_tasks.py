@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from unimask.shapes.language import QUESTION_KINDS, sample_edit
+from unimask.shapes.language import EDIT_KINDS, QUESTION_KINDS, allowed_edit_kinds, sample_edit
 from unimask.shapes.render import render
 from unimask.shapes.scene import Scene, ShapeObject
 from unimask.shapes.scoring import editing_score, interleaved_score, text_to_image_score, understanding_score
@@ -131,6 +131,33 @@ def test_question_kinds_weight_the_questions_and_leave_the_default_stream_alone(
     for bad in ([], ["painting"], "colour"):
         with pytest.raises(ValueError, match="question_kinds"):
             next(training_samples(seed=0, question_kinds=bad))
+
+
+def test_edit_kinds_weight_the_edits_and_leave_the_default_stream_alone():
+    hard = ("recolour", "move")
+    samples = list(training_samples(seed=5, num_samples=300, tasks=("editing",), edit_kinds=hard))
+    kinds = Counter(s["kind"] for s in samples)
+    assert set(kinds) == set(hard) and min(kinds.values()) > 100
+    # each target differs from its source by the named edit only
+    for sample in samples[:20]:
+        assert sample["target"] != sample["images"][0]
+    other_tasks = Counter(s["task"] for s in training_samples(seed=6, num_samples=200, edit_kinds=hard))
+    assert set(other_tasks) == set(TASKS)  # the option changes editing samples only
+    default = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100)]
+    named = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100, edit_kinds=EDIT_KINDS)]
+    assert json.dumps(default) == json.dumps(named)
+    for bad in ([], ["painting"], "move"):
+        with pytest.raises(ValueError, match="edit_kinds"):
+            next(training_samples(seed=0, edit_kinds=bad))
+
+
+def test_allowed_edit_kinds_follow_the_scene():
+    full = Scene("white", tuple(ShapeObject("circle", "red", "small", cell) for cell in
+                                ("top left", "top", "top right")))
+    # three circles: no shape held once, so no recolour; the edits that name colour and shape need a single pair
+    assert "recolour" not in allowed_edit_kinds(full) and "move" not in allowed_edit_kinds(full)
+    assert set(allowed_edit_kinds(SOURCE)) == set(EDIT_KINDS)
+    assert "background" in allowed_edit_kinds(full)
 
 
 def test_evaluation_set_has_both_splits_for_every_task():

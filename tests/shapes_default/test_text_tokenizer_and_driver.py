@@ -9,7 +9,7 @@ import yaml
 
 from unimask.shapes.build_default import BACKBONE_STAGE, STAGE_FUNCTIONS, run_stage
 from unimask.shapes.build_plan import (
-    ANSWER_LENGTH, COUNTS, FIRST_GROWN_SET, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET,
+    ANSWER_LENGTH, COUNTS, FIRST_EDIT_WEIGHTED_SET, FIRST_GROWN_SET, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET,
     FIRST_UNDERSTANDING_WEIGHTED_SET, GENERATION_PARTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths,
     generation_parts, part_options, recipe_path, round_shards,
 )
@@ -106,6 +106,30 @@ def test_the_rebalanced_set_keeps_the_weak_kinds_and_gives_the_image_tasks_sampl
     assert full["hard-questions"] > full["understanding"]
     assert parts["t2i"] == GENERATION_PARTS["t2i"]
     assert full["editing"] == 2 * generation_parts(FIRST_HARD_QUESTION_SET)["editing"][1][0]
+
+
+def test_edit_weighted_sets_add_recolour_and_move_edits(tmp_path, monkeypatch):
+    import unimask.shapes.build_data as build_data
+
+    written = {}
+    monkeypatch.setattr(build_data, "_coded_shard_set", lambda paths, name, **kw: written.setdefault(name, kw))
+    monkeypatch.setattr(build_data, "_write_backbone_shards", lambda *args: None)
+    monkeypatch.setattr(build_data, "_write_round_shards", lambda *args: None)
+    build_data._generation_data(BuildPaths(tmp_path), FIRST_EDIT_WEIGHTED_SET)
+    hard = written[f"gen{FIRST_EDIT_WEIGHTED_SET}-hard-edits"]
+    assert hard["tasks"] == ["editing"] and hard["edit_kinds"] == ["recolour", "move"]
+    assert all("edit_kinds" not in options for name, options in written.items() if not name.endswith("-hard-edits"))
+    # each part is seeded apart, and the set before keeps its own parts
+    assert len({options["seed"] for options in written.values()}) == len(written)
+    full = {part: counts[0] for part, (_, counts) in generation_parts(FIRST_EDIT_WEIGHTED_SET).items()}
+    before = {part: counts[0] for part, (_, counts) in generation_parts(FIRST_EDIT_WEIGHTED_SET - 1).items()}
+    assert "hard-edits" not in before and full["hard-questions"] < before["hard-questions"]
+    assert {part: n for part, n in full.items() if part not in ("hard-edits", "hard-questions")} == {
+        part: n for part, n in before.items() if part != "hard-questions"}
+    # the set after it gives the hard questions back and keeps the hard edits
+    after = generation_parts(FIRST_EDIT_WEIGHTED_SET + 1)
+    assert after["hard-questions"] == generation_parts(FIRST_EDIT_WEIGHTED_SET - 1)["hard-questions"]
+    assert after["hard-edits"] == generation_parts(FIRST_EDIT_WEIGHTED_SET)["hard-edits"]
 
 
 def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():

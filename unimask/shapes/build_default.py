@@ -77,6 +77,10 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     backbone_generation26 the backbone_generation25 model continued on both (configs/shapes/backbone-generation26.yaml)
     generation27_data a twentieth, made as the twelfth       -> <root>/shards/gen27-*, backbone-generation27(-rounds)
     backbone_generation27 the backbone_generation26 model continued on both (configs/shapes/backbone-generation27.yaml)
+    generation28_data a twenty-first, with recolour and move edits weighted -> <root>/shards/gen28-*, backbone-generation28(-rounds)
+    backbone_generation28 the backbone_generation27 model continued on both (configs/shapes/backbone-generation28.yaml)
+    generation29_data a twenty-second, as the twenty-first with set 19's hard questions -> <root>/shards/gen29-*, backbone-generation29(-rounds)
+    backbone_generation29 the backbone_generation28 model continued on both (configs/shapes/backbone-generation29.yaml)
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 

@@ -15,7 +15,8 @@ import unimask.configs
 __all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
            "FIRST_ROUNDS_SET", "ROUND_SHARDS", "UNDERSTANDING_WEIGHTED_PARTS", "FIRST_UNDERSTANDING_WEIGHTED_SET",
            "HARD_QUESTION_KINDS", "HARD_QUESTIONS_PART", "HARD_QUESTION_PARTS", "FIRST_HARD_QUESTION_SET",
-           "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "FIRST_GROWN_SET", "round_shards", "part_options",
+           "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "HARD_EDIT_KINDS", "HARD_EDITS_PART", "EDIT_WEIGHTED_PARTS",
+           "FIRST_EDIT_WEIGHTED_SET", "EDIT_AND_QUESTION_PARTS", "FIRST_EDIT_AND_QUESTION_SET", "FIRST_GROWN_SET", "round_shards", "part_options",
            "generation_parts", "ANSWER_LENGTH", "TAIL_EOS", "INTERLEAVED_TEXT_LENGTH",
            "BuildPaths", "recipe_path"]
 
@@ -63,9 +64,28 @@ FIRST_REBALANCED_SET = 19
 # grow_after), and later sets continue the 6-layer model: a thirteenth set of set 19's recipe on the 4-layer model
 # moved nothing beyond noise (docs/model-card.md, "The 6-layer backbone").
 FIRST_GROWN_SET = 20
+# From set 28 on, a set also has a part of edits of the kinds still applied worst (recolour 0.37 and move 0.53,
+# against 0.80-0.85 for the other four, seed 0, 60 a type, on v29 with unchanged patches kept), and a third fewer
+# hard questions (understanding 0.96 in distribution).
+HARD_EDIT_KINDS = ["recolour", "move"]
+HARD_EDITS_PART = "hard-edits"
+EDIT_WEIGHTED_PARTS = {"understanding": REBALANCED_PARTS["understanding"],
+                       HARD_QUESTIONS_PART: (["understanding"], (16000, 32)),
+                       "editing": REBALANCED_PARTS["editing"],
+                       HARD_EDITS_PART: (["editing"], (12000, 32)),
+                       "t2i": REBALANCED_PARTS["t2i"],
+                       "tasks": REBALANCED_PARTS["tasks"],
+                       "interleaved": REBALANCED_PARTS["interleaved"]}
+FIRST_EDIT_WEIGHTED_SET = 28
+# From set 29 on, the hard questions are back at set 19's 24000 beside the hard edits: set 28's cut lost understanding
+# (0.963 -> 0.949 in distribution, shape 0.95 -> 0.89, seeds 0 and 1) while its hard edits gained editing (0.702 ->
+# 0.737).
+EDIT_AND_QUESTION_PARTS = {part: (EDIT_WEIGHTED_PARTS if part == HARD_EDITS_PART else REBALANCED_PARTS)[part]
+                           for part in EDIT_WEIGHTED_PARTS}
+FIRST_EDIT_AND_QUESTION_SET = 29
 GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221, 17: 241, 18: 261,
                     19: 281, 20: 301, 21: 321, 22: 341, 23: 361, 24: 381,
-                    25: 401, 26: 421, 27: 441}
+                    25: 401, 26: 421, 27: 441, 28: 481, 29: 501}
 # From set 15 on, a set's data stage also cuts the first ROUND_SHARDS shards of its interleaved requests into the
 # interleaved pipeline's rounds (``backbone-generation<N>-rounds``); set 15's backbone stage continues the
 # ``backbone_interleaved_rounds`` model (set 14's rounds have their own stages, which come first), each later set's
@@ -84,14 +104,22 @@ def round_shards(version: int) -> int:
 
 def part_options(part: str) -> dict[str, object]:
     """The Shapes sample options of generation part ``part`` beyond its tasks (``question_kinds`` for the
-    ``hard-questions`` part, else none)."""
-    return {"question_kinds": list(HARD_QUESTION_KINDS)} if part == HARD_QUESTIONS_PART else {}
+    ``hard-questions`` part, ``edit_kinds`` for the ``hard-edits`` part, else none)."""
+    if part == HARD_QUESTIONS_PART:
+        return {"question_kinds": list(HARD_QUESTION_KINDS)}
+    if part == HARD_EDITS_PART:
+        return {"edit_kinds": list(HARD_EDIT_KINDS)}
+    return {}
 
 
 def generation_parts(version: int) -> dict[str, tuple[list[str] | None, tuple[int, int]]]:
     """The parts of generation set ``version``: ``{part: (tasks or None for every task, (full, quick) counts)}``."""
     if version not in GENERATION_SEEDS:
         raise ValueError(f"version={version} is not a generation set; known: {sorted(GENERATION_SEEDS)}")
+    if version >= FIRST_EDIT_AND_QUESTION_SET:
+        return dict(EDIT_AND_QUESTION_PARTS)
+    if version >= FIRST_EDIT_WEIGHTED_SET:
+        return dict(EDIT_WEIGHTED_PARTS)
     if version >= FIRST_REBALANCED_SET:
         return dict(REBALANCED_PARTS)
     if version >= FIRST_HARD_QUESTION_SET:

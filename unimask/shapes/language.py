@@ -214,6 +214,18 @@ def _build_edit(scene: Scene, option: tuple, jitter: tuple[int, int]) -> Edit:
     return Edit(kind, f"change the background to {background}", dataclasses.replace(scene, background=background))
 
 
+def check_edit_kinds(kinds: Sequence[str], argument: str = "kinds") -> None:
+    """Raise ValueError, naming ``argument``, unless ``kinds`` is a non-empty list of EDIT_KINDS (not a str)."""
+    if isinstance(kinds, str) or not kinds or any(name not in EDIT_KINDS for name in kinds):
+        raise ValueError(f"{argument}={kinds!r} must be a non-empty list of kinds from {EDIT_KINDS}")
+
+
+def allowed_edit_kinds(scene: Scene, allow_held_out: bool = False) -> list[str]:
+    """The EDIT_KINDS with at least one valid edit of ``scene`` (``background`` always; ``move`` needs a free
+    cell, ``recolour`` a shape the scene holds once)."""
+    return [kind for kind, options in _edit_options(scene, allow_held_out).items() if options]
+
+
 def possible_edits(scene: Scene, allow_held_out: bool = False) -> list[Edit]:
     """Every valid edit of ``scene`` (added objects get zero jitter).
 

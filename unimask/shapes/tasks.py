@@ -19,8 +19,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from unimask.shapes.language import (
+    EDIT_KINDS,
     QUESTION_KINDS,
+    allowed_edit_kinds,
     caption,
+    check_edit_kinds,
     check_question_kinds,
     questions,
     sample_edit,
@@ -51,9 +54,13 @@ def _text_to_image(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
     return {"task": "text_to_image", "images": [], "prompt": caption(scene), "target": scene}
 
 
-def _editing(rng: random.Random, allow_held_out: bool) -> dict[str, Any]:
+def _editing(rng: random.Random, allow_held_out: bool, edit_kinds: Sequence[str] = EDIT_KINDS) -> dict[str, Any]:
     scene = sample_scene(rng, allow_held_out=allow_held_out)
-    edit = sample_edit(rng, scene, allow_held_out=allow_held_out)
+    # A scene that allows none of the kinds (a move needs a free cell) is drawn again; every scene allows a
+    # background edit, so the default stream never redraws.
+    while not set(edit_kinds) & set(allowed_edit_kinds(scene, allow_held_out)):
+        scene = sample_scene(rng, allow_held_out=allow_held_out)
+    edit = sample_edit(rng, scene, kinds=edit_kinds, allow_held_out=allow_held_out)
     return {"task": "editing", "kind": edit.kind, "images": [scene], "instruction": edit.instruction,
             "target": edit.target}
 
@@ -80,16 +87,21 @@ _GENERATORS = {
 
 
 def sample_task(
-    task: str, rng: random.Random, allow_held_out: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS
+    task: str, rng: random.Random, allow_held_out: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS,
+    edit_kinds: Sequence[str] = EDIT_KINDS,
 ) -> dict[str, Any]:
     """One sample of ``task`` (in TASKS) drawn from ``rng``; held-out pairs only when allowed. An understanding
-    question's kind is drawn uniformly from ``question_kinds`` (those the scene allows)."""
+    question's kind is drawn uniformly from ``question_kinds`` (those the scene allows), an edit's kind (task
+    ``editing``) from ``edit_kinds``."""
     if task not in _GENERATORS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
     if task == "understanding":
         # before _understanding, whose redraw of scenes would never end on kinds no scene allows
         check_question_kinds(question_kinds, "question_kinds")
         return _understanding(rng, allow_held_out, question_kinds)
+    if task == "editing":
+        check_edit_kinds(edit_kinds, "edit_kinds")
+        return _editing(rng, allow_held_out, edit_kinds)
     return _GENERATORS[task](rng, allow_held_out)
 
 
@@ -110,10 +122,10 @@ def sample_texts(sample: dict[str, Any]) -> list[str]:
 
 def training_samples(
     seed: int, num_samples: int | None = None, tasks: Sequence[str] = TASKS,
-    question_kinds: Sequence[str] = QUESTION_KINDS,
+    question_kinds: Sequence[str] = QUESTION_KINDS, edit_kinds: Sequence[str] = EDIT_KINDS,
 ) -> Iterator[dict[str, Any]]:
-    """Training samples, tasks drawn uniformly from ``tasks`` (questions' kinds from ``question_kinds``);
-    endless when ``num_samples`` is None.
+    """Training samples, tasks drawn uniformly from ``tasks`` (questions' kinds from ``question_kinds``, edits'
+    from ``edit_kinds``); endless when ``num_samples`` is None.
 
     Deterministic given ``seed``; no sample holds a held-out (colour, shape) pair.
     """
@@ -123,10 +135,11 @@ def training_samples(
     if num_samples is not None and num_samples < 0:
         raise ValueError(f"num_samples={num_samples} must be >= 0 or None")
     check_question_kinds(question_kinds, "question_kinds")
+    check_edit_kinds(edit_kinds, "edit_kinds")
     rng = random.Random(seed)
     produced = 0
     while num_samples is None or produced < num_samples:
-        yield sample_task(rng.choice(tuple(tasks)), rng, question_kinds=question_kinds)
+        yield sample_task(rng.choice(tuple(tasks)), rng, question_kinds=question_kinds, edit_kinds=edit_kinds)
         produced += 1
 
 
@@ -209,13 +222,14 @@ def _background_regions(scene: Scene, rng: random.Random, count: int) -> list[di
 def iter_samples(
     count: int, seed: int = 0, kind: str = "tasks", tasks: Sequence[str] = TASKS, background_regions: int = 0,
     patch_regions: bool = False, question_kinds: Sequence[str] = QUESTION_KINDS,
+    edit_kinds: Sequence[str] = EDIT_KINDS,
 ) -> Iterator[dict[str, Any]]:
     """Shard samples (the ``unimask data write --generator shapes`` source), rendered at 128 px.
 
     ``kind="tasks"``: one training task sample per record; ``json`` is :func:`sample_to_json` of the
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
     or steps; understanding questions' kinds drawn uniformly from ``question_kinds``, among those the scene
-    allows). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
+    allows; edits' kinds from ``edit_kinds``). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
     "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
     (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
     region loss; then, when ``background_regions`` > 0, up to that many free 16 px cells named
@@ -247,7 +261,7 @@ def iter_samples(
             record = {"task": "caption", "caption": caption(scene), "scene": scene.to_dict(), "regions": regions}
             yield {"__key__": f"{index:08d}", "json": record, "images": [render(scene)]}
         return
-    for index, sample in enumerate(training_samples(seed, count, tasks, question_kinds)):
+    for index, sample in enumerate(training_samples(seed, count, tasks, question_kinds, edit_kinds)):
         scenes = sample_scenes(sample)
         record = sample_to_json(sample)
         record["n_images"] = len(scenes)
