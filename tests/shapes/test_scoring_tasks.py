@@ -138,7 +138,7 @@ def test_edit_kinds_weight_the_edits_and_leave_the_default_stream_alone():
     samples = list(training_samples(seed=5, num_samples=300, tasks=("editing",), edit_kinds=hard))
     kinds = Counter(s["kind"] for s in samples)
     assert set(kinds) == set(hard) and min(kinds.values()) > 100
-    # each target differs from its source by the named edit only
+    # every sample is a real edit: its target differs from its source
     for sample in samples[:20]:
         assert sample["target"] != sample["images"][0]
     other_tasks = Counter(s["task"] for s in training_samples(seed=6, num_samples=200, edit_kinds=hard))

@@ -229,8 +229,9 @@ def iter_samples(
     ``kind="tasks"``: one training task sample per record; ``json`` is :func:`sample_to_json` of the
     sample and ``images`` are every scene of it in :func:`sample_scenes` order (inputs, then target
     or steps; understanding questions' kinds drawn uniformly from ``question_kinds``, among those the scene
-    allows; edits' kinds from ``edit_kinds``). ``kind="captions"``: one scene per record, ``json`` = ``{"task": "caption",
-    "caption": str, "scene": dict, "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
+    allows; edits' kinds from ``edit_kinds``). ``kind="captions"``: one scene per record, ``json`` =
+    ``{"task": "caption", "caption": str, "scene": dict,
+    "regions": [{"box": [x0, y0, x1, y1], "text": "small red circle"}]}``
     (each object's pixel box, end exclusive, and its phrase: grounded text for the image tokenizer's
     region loss; then, when ``background_regions`` > 0, up to that many free 16 px cells named
     ``"{background} background"``; or, with ``patch_regions``, :func:`unimask.shapes.patch_owners.patch_regions`:
