@@ -80,14 +80,21 @@ def test_understanding_weighted_sets_hold_mostly_questions_and_fewer_rounds():
     assert round_shards(FIRST_UNDERSTANDING_WEIGHTED_SET - 1) == 3 and round_shards(FIRST_ROUNDS_SET - 1) == 0
 
 
-def test_hard_question_sets_ask_mostly_the_weak_kinds(tmp_path, monkeypatch):
+def _parts_written(tmp_path, monkeypatch, version: int) -> dict[str, dict]:
+    """The options `_generation_data` gives each coded part of set ``version``, by shard folder name (nothing is
+    written)."""
     import unimask.shapes.build_data as build_data
 
     written = {}
     monkeypatch.setattr(build_data, "_coded_shard_set", lambda paths, name, **kw: written.setdefault(name, kw))
     monkeypatch.setattr(build_data, "_write_backbone_shards", lambda *args: None)
     monkeypatch.setattr(build_data, "_write_round_shards", lambda *args: None)
-    build_data._generation_data(BuildPaths(tmp_path), FIRST_HARD_QUESTION_SET)
+    build_data._generation_data(BuildPaths(tmp_path), version)
+    return written
+
+
+def test_hard_question_sets_ask_mostly_the_weak_kinds(tmp_path, monkeypatch):
+    written = _parts_written(tmp_path, monkeypatch, FIRST_HARD_QUESTION_SET)
     hard = written[f"gen{FIRST_HARD_QUESTION_SET}-hard-questions"]
     assert hard["tasks"] == ["understanding"] and hard["question_kinds"] == ["colour", "shape", "describe"]
     # every other part samples as before: its tasks only
@@ -109,13 +116,7 @@ def test_the_rebalanced_set_keeps_the_weak_kinds_and_gives_the_image_tasks_sampl
 
 
 def test_edit_weighted_sets_add_recolour_and_move_edits(tmp_path, monkeypatch):
-    import unimask.shapes.build_data as build_data
-
-    written = {}
-    monkeypatch.setattr(build_data, "_coded_shard_set", lambda paths, name, **kw: written.setdefault(name, kw))
-    monkeypatch.setattr(build_data, "_write_backbone_shards", lambda *args: None)
-    monkeypatch.setattr(build_data, "_write_round_shards", lambda *args: None)
-    build_data._generation_data(BuildPaths(tmp_path), FIRST_EDIT_WEIGHTED_SET)
+    written = _parts_written(tmp_path, monkeypatch, FIRST_EDIT_WEIGHTED_SET)
     hard = written[f"gen{FIRST_EDIT_WEIGHTED_SET}-hard-edits"]
     assert hard["tasks"] == ["editing"] and hard["edit_kinds"] == ["recolour", "move"]
     assert all("edit_kinds" not in options for name, options in written.items() if not name.endswith("-hard-edits"))

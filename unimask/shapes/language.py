@@ -120,10 +120,14 @@ def questions(scene: Scene) -> list[Question]:
     return asked
 
 
+def _check_kinds(kinds: Sequence[str], allowed: Sequence[str], argument: str) -> None:
+    if isinstance(kinds, str) or not kinds or any(name not in allowed for name in kinds):
+        raise ValueError(f"{argument}={kinds!r} must be a non-empty list of kinds from {allowed}")
+
+
 def check_question_kinds(kinds: Sequence[str], argument: str = "kinds") -> None:
     """Raise ValueError, naming ``argument``, unless ``kinds`` is a non-empty list of QUESTION_KINDS (not a str)."""
-    if isinstance(kinds, str) or not kinds or any(name not in QUESTION_KINDS for name in kinds):
-        raise ValueError(f"{argument}={kinds!r} must be a non-empty list of kinds from {QUESTION_KINDS}")
+    _check_kinds(kinds, QUESTION_KINDS, argument)
 
 
 def sample_question(
@@ -216,8 +220,7 @@ def _build_edit(scene: Scene, option: tuple, jitter: tuple[int, int]) -> Edit:
 
 def check_edit_kinds(kinds: Sequence[str], argument: str = "kinds") -> None:
     """Raise ValueError, naming ``argument``, unless ``kinds`` is a non-empty list of EDIT_KINDS (not a str)."""
-    if isinstance(kinds, str) or not kinds or any(name not in EDIT_KINDS for name in kinds):
-        raise ValueError(f"{argument}={kinds!r} must be a non-empty list of kinds from {EDIT_KINDS}")
+    _check_kinds(kinds, EDIT_KINDS, argument)
 
 
 def allowed_edit_kinds(scene: Scene, allow_held_out: bool = False) -> list[str]:
