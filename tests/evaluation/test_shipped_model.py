@@ -88,6 +88,10 @@ NUM_PER_TYPE = 4
 # 0.287 against 0.737 / 0.157 ranking on codes alone).
 # Interleaved step images drawn by the tasks (the same day): interleaved 0.25 / 0.00 here, as in context (one request
 # in four; 50 a type, seeds 0 and 1: 0.26 / 0.00 against 0.11 / 0.00 in context); no floor yet.
+# v33, the mean of v29's and v32's weights (2026-12-08): understanding 0.96 / 0.68, turbo strict 0.50 / 0.00 and soft
+# 0.93 / 0.89, normal strict 0.50 / 0.00 and soft 0.93 / 0.89, editing 0.68 / 0.50, multi-reference 1.00 / 0.25,
+# interleaved 0.25 / 0.00 (60 a type, seeds 0 and 1: editing 0.724 / 0.444 against v29's 0.702 / 0.433); the floors
+# stay.
 MIN_SCORES = {
     "in_distribution": {
         "understanding_accuracy": 0.85,

@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +10,10 @@ import yaml
 
 from unimask.shapes.build_default import BACKBONE_STAGE, STAGE_FUNCTIONS, run_stage
 from unimask.shapes.build_plan import (
-    ANSWER_LENGTH, COUNTS, FIRST_EDIT_WEIGHTED_SET, FIRST_GROWN_SET, FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET,
-    FIRST_ROUNDS_SET, FIRST_UNDERSTANDING_WEIGHTED_SET, GENERATION_PARTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths,
-    generation_parts, part_options, recipe_path, round_shards,
+    ANSWER_LENGTH, AVERAGED_STAGES, COUNTS, FIRST_EDIT_AND_QUESTION_SET, FIRST_EDIT_WEIGHTED_SET, FIRST_GROWN_SET,
+    FIRST_HARD_QUESTION_SET, FIRST_REBALANCED_SET, FIRST_ROUNDS_SET, FIRST_UNDERSTANDING_WEIGHTED_SET,
+    GENERATION_PARTS, GENERATION_SEEDS, RECIPES, STAGES, BuildPaths, generation_parts, part_options, recipe_path,
+    round_shards,
 )
 from unimask.shapes.language import caption
 from unimask.shapes.scene import sample_scene
@@ -134,17 +136,29 @@ def test_edit_weighted_sets_add_recolour_and_move_edits(tmp_path, monkeypatch):
 
 
 def test_sets_with_rounds_continue_the_model_before_them_after_it_is_trained():
-    # Set FIRST_ROUNDS_SET starts from backbone_interleaved_rounds and each later set from the set before it, so
+    # Set FIRST_ROUNDS_SET starts from backbone_interleaved_rounds and each later set from the set before it (but
+    # set FIRST_EDIT_AND_QUESTION_SET, which continues the model before set FIRST_EDIT_WEIGHTED_SET beside it), so
     # their stages must come after those, and each recipe must read the round sequences its data stage writes.
     later = [v for v in GENERATION_SEEDS if v >= FIRST_ROUNDS_SET]
     assert len(later) >= 2
     for version in later:
-        before = "backbone_interleaved_rounds" if version == FIRST_ROUNDS_SET else f"backbone_generation{version - 1}"
+        before = ("backbone_interleaved_rounds" if version == FIRST_ROUNDS_SET
+                  else f"backbone_generation{FIRST_EDIT_WEIGHTED_SET - 1}" if version == FIRST_EDIT_AND_QUESTION_SET
+                  else f"backbone_generation{version - 1}")
         assert STAGES.index(f"generation{version}_data") > STAGES.index(before)
         recipe = yaml.safe_load(recipe_path(f"backbone_generation{version}", BuildPaths()).read_text())
         assert recipe["stage_options"]["init"] == str(BuildPaths().export(before))
         assert recipe["data"]["shards"] == [str(BuildPaths().shards(f"backbone-generation{version}")),
                                             str(BuildPaths().shards(f"backbone-generation{version}-rounds"))]
+
+
+def test_the_shipped_backbone_is_the_mean_of_two_sets_models_saved_after_both():
+    assert BACKBONE_STAGE == "backbone_average"
+    sources = AVERAGED_STAGES[BACKBONE_STAGE]
+    assert sources == (f"backbone_generation{FIRST_EDIT_WEIGHTED_SET - 1}",
+                       f"backbone_generation{FIRST_EDIT_AND_QUESTION_SET}")
+    assert max(STAGES.index(source) for source in sources) < STAGES.index(BACKBONE_STAGE) < STAGES.index("assemble")
+    assert BuildPaths("runs").export(BACKBONE_STAGE) == Path("runs/shapes/backbone-average/export")
 
 
 def test_the_grown_set_adds_two_layers_and_later_sets_keep_them():
@@ -230,8 +244,10 @@ def test_quick_chain_builds_a_loadable_pipeline(tmp_path):
     assert pipe.decoder.sigvq.config.draft_layers == 4 and pipe.decoder.sigvq.has_draft_network
     assert pipe.decoder.config.draft_strength == 0.25
     shipped_backbone = pipe.backbone.state_dict()
-    continued = LLaDA2MoeModelLM.from_pretrained(paths.export(BACKBONE_STAGE)).state_dict()
-    assert all(torch.equal(shipped_backbone[name], tensor) for name, tensor in continued.items())
+    first, second = (LLaDA2MoeModelLM.from_pretrained(paths.export(stage)).state_dict()
+                     for stage in AVERAGED_STAGES[BACKBONE_STAGE])
+    for name, tensor in shipped_backbone.items():
+        torch.testing.assert_close(tensor, (first[name] + second[name]) / 2, msg=name)
 
 
 def test_shipped_text_and_edit_defaults_commit_one_uncertain_position_a_step():

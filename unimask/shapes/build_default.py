@@ -80,13 +80,15 @@ Stages (``STAGES`` order; ``<root>`` is ``runs`` or ``runs/quick``)::
     generation28_data a twenty-first, with recolour and move edits weighted -> <root>/shards/gen28-*, backbone-generation28(-rounds)
     backbone_generation28 the backbone_generation27 model continued on both (configs/shapes/backbone-generation28.yaml)
     generation29_data a twenty-second, as the twenty-first with set 19's hard questions -> <root>/shards/gen29-*, backbone-generation29(-rounds)
-    backbone_generation29 the backbone_generation28 model continued on both (configs/shapes/backbone-generation29.yaml)
+    backbone_generation29 the backbone_generation27 model continued on both (configs/shapes/backbone-generation29.yaml)
+    backbone_average the mean of backbone_generation27's and 29's weights -> <root>/shapes/backbone-average/export
     assemble         UniPipeline.save_pretrained             -> unimask/default_model (or --out)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -96,6 +98,7 @@ from typing import Callable
 from unimask.shapes.build_data import DATA_STAGE_FUNCTIONS, shapes_image_tokenizer, shapes_layout_and_builder
 from unimask.shapes.build_plan import (
     ANSWER_LENGTH,
+    AVERAGED_STAGES,
     DEFAULT_OUT,
     INTERLEAVED_TEXT_LENGTH,
     RECIPES,
@@ -127,8 +130,10 @@ TURBO_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
 # the pipeline's rounds, then on an eighth and a ninth set, each with its own rounds (v17), then on three sets
 # weighted to the questions, the last two mostly of the kinds answered worst, the third with the image-writing
 # tasks' samples back (v20; docs/model-card.md, "The v18, v19 and v20 backbones"); then grown from 4 to 6 layers and
-# continued on eight more sets of the third's recipe (v29; "The 6-layer backbone").
-BACKBONE_STAGE = "backbone_generation27"
+# continued on eight more sets of the third's recipe (v29; "The 6-layer backbone"); then averaged with its
+# continuation on a set with recolour and move edits weighted (v32), which keeps v32's gains on those edits and v29's on
+# the others ("Edits weighted to recolour and move").
+BACKBONE_STAGE = "backbone_average"
 # The normal decoder (50 Euler steps) runs the same transformer and draft network (docs/model-card.md, "The draft
 # network"; with the pixel-trained draft, text-to-image at 50 a type: strict 0.42 / 0.10 -> 0.48 / 0.10).
 NORMAL_TRANSFORMER_STAGE = "decoder_draftnet_foreground"
@@ -236,7 +241,22 @@ def _stage_assemble(paths: BuildPaths) -> None:
         raise ValueError(f"the assembled model is {size / 1e6:.1f} MB, over the 60 MB budget")
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {**DATA_STAGE_FUNCTIONS, "assemble": _stage_assemble}
+def _stage_average(stage: str, paths: BuildPaths) -> None:
+    from unimask.training.weight_average import average_pretrained
+    from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
+
+    if paths.export(stage).is_dir():
+        logger.info("%s: export exists, skipped", stage)
+        return
+    sources = [paths.export(source) for source in AVERAGED_STAGES[stage]]
+    average_pretrained(LLaDA2MoeModelLM, sources, paths.export(stage))
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[BuildPaths], None]] = {
+    **DATA_STAGE_FUNCTIONS,
+    **{stage: functools.partial(_stage_average, stage) for stage in AVERAGED_STAGES},
+    "assemble": _stage_assemble,
+}
 
 
 def run_stage(stage: str, paths: BuildPaths) -> float:

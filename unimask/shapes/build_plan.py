@@ -12,7 +12,7 @@ import yaml
 
 import unimask.configs
 
-__all__ = ["STAGES", "RECIPES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
+__all__ = ["STAGES", "RECIPES", "AVERAGED_STAGES", "COUNTS", "GENERATION_PARTS", "INTERLEAVED_PART", "GENERATION_SEEDS",
            "FIRST_ROUNDS_SET", "ROUND_SHARDS", "UNDERSTANDING_WEIGHTED_PARTS", "FIRST_UNDERSTANDING_WEIGHTED_SET",
            "HARD_QUESTION_KINDS", "HARD_QUESTIONS_PART", "HARD_QUESTION_PARTS", "FIRST_HARD_QUESTION_SET",
            "REBALANCED_PARTS", "FIRST_REBALANCED_SET", "FIRST_GROWN_SET", "HARD_EDIT_KINDS", "HARD_EDITS_PART",
@@ -84,6 +84,10 @@ FIRST_EDIT_WEIGHTED_SET = 28
 EDIT_AND_QUESTION_PARTS = {part: (EDIT_WEIGHTED_PARTS if part == HARD_EDITS_PART else REBALANCED_PARTS)[part]
                            for part in EDIT_WEIGHTED_PARTS}
 FIRST_EDIT_AND_QUESTION_SET = 29
+# Stages that save the uniform mean of other stages' exports (``<root>/shapes/<stage, dashed>/export``). The shipped
+# backbone is the mean of v29 (set 27) and v32 (set 29, which continued v29): v32 alone traded background and resize
+# edits for recolour and move ones, the mean keeps both (docs/model-card.md, "Edits weighted to recolour and move").
+AVERAGED_STAGES = {"backbone_average": ("backbone_generation27", "backbone_generation29")}
 GENERATION_SEEDS = {8: 61, 9: 81, 10: 101, 11: 121, 12: 141, 13: 161, 14: 181, 15: 201, 16: 221, 17: 241, 18: 261,
                     19: 281, 20: 301, 21: 321, 22: 341, 23: 361, 24: 381,
                     25: 401, 26: 421, 27: 441, 28: 481, 29: 501}
@@ -141,6 +145,7 @@ STAGES = (
     "interleaved_rounds_data", "backbone_interleaved_rounds",
     *(stage for version in GENERATION_SEEDS if version >= FIRST_ROUNDS_SET
       for stage in (f"generation{version}_data", f"backbone_generation{version}")),
+    *AVERAGED_STAGES,
     "assemble",
 )
 RECIPES = {
@@ -198,8 +203,10 @@ class BuildPaths:
         return self.root / "shapes" / "tokenizer-merged" / "image_tokenizer"
 
     def export(self, stage: str) -> Path:
-        """``<root>/shapes/<recipe name>/export`` of a training stage."""
-        return self.root / "shapes" / RECIPES[stage].removesuffix(".yaml") / "export"
+        """``<root>/shapes/<recipe name>/export`` of a training stage, ``<root>/shapes/<stage, dashed>/export`` of
+        an averaging one (``AVERAGED_STAGES``)."""
+        name = stage.replace("_", "-") if stage in AVERAGED_STAGES else RECIPES[stage].removesuffix(".yaml")
+        return self.root / "shapes" / name / "export"
 
     def count(self, name: str) -> int:
         """Sample count of a data set (``COUNTS``), small in quick mode."""
