@@ -118,19 +118,24 @@ def test_samples_are_deterministic_and_well_formed():
         next(training_samples(seed=0, tasks=("painting",)))
 
 
+def _assert_every_kind_is_the_default_and_bad_kinds_raise(option: str, every_kind, one_kind: str) -> None:
+    """Naming every kind in ``option`` gives the default stream, sample for sample; an empty list, an unknown kind
+    or a bare string (``one_kind``) raises ValueError naming ``option``."""
+    default = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100)]
+    named = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100, **{option: every_kind})]
+    assert json.dumps(default) == json.dumps(named)
+    for bad in ([], ["painting"], one_kind):
+        with pytest.raises(ValueError, match=option):
+            next(training_samples(seed=0, **{option: bad}))
+
+
 def test_question_kinds_weight_the_questions_and_leave_the_default_stream_alone():
     hard = ("colour", "shape")
     kinds = Counter(s["kind"] for s in training_samples(seed=5, num_samples=300, tasks=("understanding",),
                                                         question_kinds=hard))
     # only the named kinds, about evenly (a colour question needs a shape the scene holds once)
     assert set(kinds) == set(hard) and min(kinds.values()) > 100
-    # naming every kind is the default, sample for sample
-    default = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100)]
-    named = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100, question_kinds=QUESTION_KINDS)]
-    assert json.dumps(default) == json.dumps(named)
-    for bad in ([], ["painting"], "colour"):
-        with pytest.raises(ValueError, match="question_kinds"):
-            next(training_samples(seed=0, question_kinds=bad))
+    _assert_every_kind_is_the_default_and_bad_kinds_raise("question_kinds", QUESTION_KINDS, "colour")
 
 
 def test_edit_kinds_weight_the_edits_and_leave_the_default_stream_alone():
@@ -143,12 +148,7 @@ def test_edit_kinds_weight_the_edits_and_leave_the_default_stream_alone():
         assert sample["target"] != sample["images"][0]
     other_tasks = Counter(s["task"] for s in training_samples(seed=6, num_samples=200, edit_kinds=hard))
     assert set(other_tasks) == set(TASKS)  # the option changes editing samples only
-    default = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100)]
-    named = [sample_to_json(s) for s in training_samples(seed=5, num_samples=100, edit_kinds=EDIT_KINDS)]
-    assert json.dumps(default) == json.dumps(named)
-    for bad in ([], ["painting"], "move"):
-        with pytest.raises(ValueError, match="edit_kinds"):
-            next(training_samples(seed=0, edit_kinds=bad))
+    _assert_every_kind_is_the_default_and_bad_kinds_raise("edit_kinds", EDIT_KINDS, "move")
 
 
 def test_allowed_edit_kinds_follow_the_scene():

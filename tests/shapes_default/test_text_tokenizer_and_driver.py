@@ -161,6 +161,15 @@ def test_the_shipped_backbone_is_the_mean_of_two_sets_models_saved_after_both():
     assert BuildPaths("runs").export(BACKBONE_STAGE) == Path("runs/shapes/backbone-average/export")
 
 
+def test_an_averaging_stage_is_skipped_when_its_export_exists(tmp_path):
+    # As a training stage: a rerun keeps the export (the sources need not exist any more).
+    paths = BuildPaths(tmp_path)
+    paths.export(BACKBONE_STAGE).mkdir(parents=True)
+    (paths.export(BACKBONE_STAGE) / "config.json").write_text("{}")
+    run_stage(BACKBONE_STAGE, paths)
+    assert [p.name for p in paths.export(BACKBONE_STAGE).iterdir()] == ["config.json"]
+
+
 def test_the_grown_set_adds_two_layers_and_later_sets_keep_them():
     # backbone_generation20 grows the 4-layer model of the set before it by a copy of layers 1 and 3; the sets after
     # it continue the 6-layer model as it is (no grow_after, which would need a 4-layer init).

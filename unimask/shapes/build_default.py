@@ -245,9 +245,6 @@ def _stage_average(stage: str, paths: BuildPaths) -> None:
     from unimask.training.weight_average import average_pretrained
     from unimask.unimodal.modeling_llada2_moe import LLaDA2MoeModelLM
 
-    if paths.export(stage).is_dir():
-        logger.info("%s: export exists, skipped", stage)
-        return
     sources = [paths.export(source) for source in AVERAGED_STAGES[stage]]
     average_pretrained(LLaDA2MoeModelLM, sources, paths.export(stage))
 
@@ -264,11 +261,10 @@ def run_stage(stage: str, paths: BuildPaths) -> float:
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r} is not one of {STAGES}")
     started = time.perf_counter()
-    if stage in RECIPES:
-        if (paths.export(stage)).is_dir():
-            logger.info("%s: export exists, skipped", stage)
-        else:
-            _train(stage, paths)
+    if (stage in RECIPES or stage in AVERAGED_STAGES) and paths.export(stage).is_dir():
+        logger.info("%s: export exists, skipped", stage)
+    elif stage in RECIPES:
+        _train(stage, paths)
     elif stage == "text_tokenizer" and (paths.text_tokenizer / "tokenizer.json").is_file():
         logger.info("text_tokenizer: exists, skipped")
     else:

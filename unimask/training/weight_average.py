@@ -24,12 +24,12 @@ def average_pretrained(model_class: Any, folders: list[str | Path], out: str | P
     """Save the uniform mean of the weights of the models in ``folders`` to ``out``.
 
     model_class: a ``transformers.PreTrainedModel`` subclass (e.g. ``LLaDA2MoeModelLM``) that loads each folder with
-    ``from_pretrained``. folders: two or more saved models with the same config and the same weight names and
-    shapes. Floating-point tensors are averaged in float32 and cast back to their dtype; other tensors (integer
-    buffers) must be equal and are kept. ``out`` is written with ``save_pretrained`` (safetensors) into a temporary
+    ``from_pretrained``. folders: two or more saved models with the same config (so, loaded by one class, the same
+    weight names and shapes). Floating-point tensors are averaged in float32 and cast back to their dtype; other
+    tensors (integer buffers) must be equal and are kept. ``out`` is written with ``save_pretrained`` (safetensors) into a temporary
     sibling folder that replaces ``out`` when complete, so an interrupted run leaves no half-written model.
-    Returns ``out``. Raises ``ValueError`` when fewer than two folders are given or the models differ in config,
-    weight names, shapes or non-floating tensors.
+    Returns ``out``. Raises ``ValueError`` when fewer than two folders are given or the models differ in config or
+    in a non-floating tensor.
     """
     folders = [Path(folder) for folder in folders]
     if len(folders) < 2:
@@ -43,10 +43,6 @@ def average_pretrained(model_class: Any, folders: list[str | Path], out: str | P
             raise ValueError(f"folders: {folder} has another config than {folders[0]} (differs in {differing}); "
                              "only models of one architecture can be averaged")
     states = [model.state_dict() for model in models]
-    for folder, state in zip(folders[1:], states[1:]):
-        if state.keys() != states[0].keys():
-            differing = sorted(state.keys() ^ states[0].keys())
-            raise ValueError(f"folders: {folder} and {folders[0]} hold different weights ({differing[:3]})")
     averaged = {name: _mean(name, [state[name] for state in states], folders) for name in states[0]}
     with torch.no_grad():
         models[0].load_state_dict(averaged)
@@ -70,14 +66,11 @@ def _architecture(config: Any) -> dict[str, Any]:
 
 
 def _mean(name: str, tensors: list[torch.Tensor], folders: list[Path]) -> torch.Tensor:
-    """The element-wise mean of one weight across the models (checked to share its shape)."""
+    """The element-wise mean of one weight across the models; a non-floating tensor must be equal in all and is kept."""
     first = tensors[0]
+    if first.is_floating_point():
+        return torch.stack([tensor.float() for tensor in tensors]).mean(0).to(first.dtype)
     for folder, tensor in zip(folders[1:], tensors[1:]):
-        if tensor.shape != first.shape:
-            raise ValueError(f"folders: {name} is {tuple(tensor.shape)} in {folder} and {tuple(first.shape)} in "
-                             f"{folders[0]}")
-        if not first.is_floating_point() and not torch.equal(tensor, first):
+        if not torch.equal(tensor, first):
             raise ValueError(f"folders: the non-floating tensor {name} differs between {folders[0]} and {folder}")
-    if not first.is_floating_point():
-        return first
-    return torch.stack([tensor.float() for tensor in tensors]).mean(0).to(first.dtype)
+    return first
